@@ -1,0 +1,124 @@
+"""Command line: `python -m jtcse_lib {evaluate,download-data} ...` (see `--help` of each).
+
+Errors the user can fix print one line on stderr (cause and fix) and exit with status 2; `--debug` shows
+the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import JtcseError
+
+
+def _write_json(path: str | Path, obj: dict) -> None:
+    """Write JSON atomically (temporary file, then rename) so a killed run never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf8")
+    tmp.replace(path)
+
+
+def _twin_dir(model: str) -> Path | None:
+    path = Path(model)
+    return path if (path / "tower_a" / "config.json").is_file() and (path / "tower_b" / "config.json").is_file() else None
+
+
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from .backbones import load_backbone
+    from .data import STS_TASKS
+    from .evaluate import SumEncoder, TowerEncoder, default_device, evaluate_sts
+    from .provenance import provenance
+
+    twin = _twin_dir(args.model)
+    names = [twin / "tower_a", twin / "tower_b"] if twin else [args.model]
+    device = default_device()
+    encoders = []
+    for name in names:
+        model, tokenizer = load_backbone(name)
+        encoders.append(TowerEncoder(model.to(device), tokenizer, args.pooling, args.batch_size, args.max_length))
+    encoder = SumEncoder(encoders) if twin else encoders[0]
+    tasks = args.tasks or list(STS_TASKS)
+    start = time.perf_counter()
+    report = evaluate_sts(encoder, tasks, args.data_dir, bootstrap=args.bootstrap, seed=args.seed)
+    seconds = time.perf_counter() - start
+    kind = "twin (sum of the towers' embeddings)" if twin else "single encoder"
+    print(f"{args.model} [{kind}], pooling={args.pooling}, SentEval protocol ('all' for STS12-16), Spearman x 100")
+    print(report.table())
+    result = {
+        "model": str(args.model),
+        "pooling": args.pooling,
+        **report.to_dict(),
+        "config": {"tasks": tasks, "batch_size": args.batch_size, "max_length": args.max_length,
+                   "bootstrap": args.bootstrap, "seed": args.seed, "twin": bool(twin),
+                   "torch_threads": torch.get_num_threads()},
+        "wall_seconds": round(seconds, 1),
+        **provenance(device),
+    }
+    if args.out:
+        _write_json(args.out, result)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_download_data(args) -> int:
+    from .data import download_data
+
+    dest = download_data(args.dest, full_corpus=not args.no_corpus)
+    print(f"data in {dest}; point the project at it with: export JTCSE_DATA_DIR={dest}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .data import STS_TASKS
+    from .evaluate import POOLINGS
+
+    parser = argparse.ArgumentParser(prog="python -m jtcse_lib", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ev = sub.add_parser("evaluate", help="SentEval STS evaluation (seven tasks) of an encoder or a twin folder")
+    ev.add_argument("--model", required=True,
+                    help="'minilm', a model folder, a twin folder (tower_a/, tower_b/) or a Hub id")
+    ev.add_argument("--pooling", choices=POOLINGS, default="cls")
+    ev.add_argument("--tasks", nargs="+", choices=STS_TASKS, metavar="TASK",
+                    help=f"subset of {' '.join(STS_TASKS)} (default: all seven)")
+    ev.add_argument("--batch-size", type=int, default=128)
+    ev.add_argument("--max-length", type=int, default=None, help="truncate sentences (default: the model's limit)")
+    ev.add_argument("--bootstrap", type=int, default=0, help="resamples for 95%% intervals (0: none)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    ev.add_argument("--data-dir", default=None, help="data folder (default: $JTCSE_DATA_DIR, then ./data)")
+    ev.add_argument("--out", default=None, help="write the result JSON here")
+    ev.set_defaults(func=cmd_evaluate)
+
+    dl = sub.add_parser("download-data", help="fetch SentEval and Wiki1M from the Hugging Face Hub")
+    dl.add_argument("--dest", default="data")
+    dl.add_argument("--no-corpus", action="store_true", help="SentEval only, without the 1M-sentence corpus")
+    dl.set_defaults(func=cmd_download_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except JtcseError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

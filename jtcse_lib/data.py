@@ -1,0 +1,298 @@
+"""Data: where it lives, the SentEval STS/SICK-R loaders, the unlabelled training corpus.
+
+Layout of a data folder (the same as `../shared/data` and as `download-data` writes)::
+
+    DATA_DIR/senteval/STS/STS12-en-test/STS.input.<subset>.txt  + STS.gs.<subset>.txt
+    DATA_DIR/senteval/STS/STSBenchmark/sts-{train,dev,test}.csv
+    DATA_DIR/senteval/SICK/SICK_{train,trial,test_annotated}.txt
+    DATA_DIR/wiki/wiki1m_subset.txt   (or wiki1m_for_simcse.txt, the full corpus)
+
+The loaders follow SentEval exactly (the code SimCSE, TNCSE and JTCSE evaluate with): sentences are split
+on whitespace and re-joined with single spaces, a blank gold line drops its pair, STS-B takes the score from
+column 5 and the sentences from columns 6 and 7, SICK-R skips its header and reads the relatedness score
+from column 4. Anything else malformed stops with the file and line number.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+DATA_ENV = "JTCSE_DATA_DIR"
+HUB_DATASET = "princeton-nlp/datasets-for-simcse"
+CORPORA = {"wiki1m_subset": "wiki/wiki1m_subset.txt", "wiki1m": "wiki/wiki1m_for_simcse.txt"}
+
+# SentEval's sub-sets per STS year (STS13 "SMT" has gold scores but no input: SentEval skips it).
+STS_SUBSETS: dict[str, tuple[str, ...]] = {
+    "STS12": ("MSRpar", "MSRvid", "SMTeuroparl", "surprise.OnWN", "surprise.SMTnews"),
+    "STS13": ("FNWN", "headlines", "OnWN"),
+    "STS14": ("deft-forum", "deft-news", "headlines", "images", "OnWN", "tweet-news"),
+    "STS15": ("answers-forums", "answers-students", "belief", "headlines", "images"),
+    "STS16": ("answer-answer", "headlines", "plagiarism", "postediting", "question-question"),
+}
+STS_TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICKRelatedness")
+_FETCH_FIX = (f"set {DATA_ENV} to a folder laid out like SentEval (see jtcse_lib/data.py), "
+              "or run `python -m jtcse_lib download-data` on a machine with internet")
+
+
+@dataclass(frozen=True)
+class PairSet:
+    """Sentence pairs with gold similarity scores: sent1[i], sent2[i], gold[i]."""
+
+    name: str
+    sent1: list[str]
+    sent2: list[str]
+    gold: np.ndarray  # (n,) float64
+
+    def __len__(self) -> int:
+        return len(self.gold)
+
+
+# ---------------------------------------------------------------- data folder
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The data folder: the explicit argument, else $JTCSE_DATA_DIR, else ./data. Must hold senteval/."""
+    if data_dir is not None:
+        source, path = "the data_dir argument", Path(data_dir)
+    elif os.environ.get(DATA_ENV):
+        source, path = f"${DATA_ENV}", Path(os.environ[DATA_ENV])
+    else:
+        source, path = "the default ./data", Path("data")
+    path = path.expanduser().resolve()
+    if not path.is_dir():
+        raise DataError(f"data folder {path} (from {source}) does not exist", _FETCH_FIX)
+    if not (path / "senteval").is_dir():
+        raise DataError(f"data folder {path} (from {source}) has no senteval/ sub-folder", _FETCH_FIX)
+    return path
+
+
+def _require(path: Path) -> Path:
+    if not path.is_file():
+        raise DataError(f"data file {path} is missing", _FETCH_FIX)
+    return path
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return _require(path).read_text(encoding="utf8").splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text ({e})", "replace it with the SentEval original") from None
+
+
+def _score(text: str, path: Path, lineno: int) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise DataError(f"{path}, line {lineno}: score {text!r} is not a number",
+                        "fix or replace the file with the SentEval original") from None
+    if not np.isfinite(value):
+        raise DataError(f"{path}, line {lineno}: score {text!r} is not finite",
+                        "fix or replace the file with the SentEval original")
+    return value
+
+
+def _columns(line: str, n: int, path: Path, lineno: int) -> list[str]:
+    cols = line.split("\t")
+    if len(cols) < n:
+        raise DataError(f"{path}, line {lineno}: expected at least {n} tab-separated columns, found {len(cols)}",
+                        "fix or replace the file with the SentEval original")
+    return cols
+
+
+def _senteval_text(s: str) -> str:
+    """SentEval tokenises by whitespace and the SimCSE batcher joins tokens with one space."""
+    return " ".join(s.split())
+
+
+# ---------------------------------------------------------------- STS12-16
+
+def load_sts_subset(year: str, subset: str, data_dir=None) -> PairSet:
+    """One STS12-16 sub-set: `STS.input.<subset>.txt` (s1 TAB s2) with `STS.gs.<subset>.txt` (blank = no gold)."""
+    folder = resolve_data_dir(data_dir) / "senteval" / "STS" / f"{year}-en-test"
+    inp, gs = folder / f"STS.input.{subset}.txt", folder / f"STS.gs.{subset}.txt"
+    inputs, golds = _read_lines(inp), _read_lines(gs)
+    if len(inputs) != len(golds):
+        raise DataError(f"{inp} has {len(inputs)} lines but {gs} has {len(golds)}",
+                        "the two files must be line-aligned: replace them with the SentEval originals")
+    s1, s2, gold = [], [], []
+    for lineno, (pair, score) in enumerate(zip(inputs, golds), start=1):
+        if score.strip() == "":
+            continue  # SentEval: no gold score, the pair is not scored
+        a, b = _columns(pair, 2, inp, lineno)[:2]
+        s1.append(_senteval_text(a))
+        s2.append(_senteval_text(b))
+        gold.append(_score(score.strip(), gs, lineno))
+    return PairSet(f"{year}.{subset}", s1, s2, np.asarray(gold, dtype=np.float64))
+
+
+def load_sts_year(year: str, data_dir=None) -> dict[str, PairSet]:
+    if year not in STS_SUBSETS:
+        raise DataError(f"unknown STS year {year!r}", f"use one of {', '.join(STS_SUBSETS)}")
+    return {sub: load_sts_subset(year, sub, data_dir) for sub in STS_SUBSETS[year]}
+
+
+# ---------------------------------------------------------------- STS-B and SICK-R
+
+def load_stsb(split: str = "test", data_dir=None) -> PairSet:
+    """STS Benchmark split (train/dev/test): tab-separated, score in column 5, sentences in 6 and 7."""
+    if split not in ("train", "dev", "test"):
+        raise DataError(f"unknown STS-B split {split!r}", "use train, dev or test")
+    path = resolve_data_dir(data_dir) / "senteval" / "STS" / "STSBenchmark" / f"sts-{split}.csv"
+    s1, s2, gold = [], [], []
+    for lineno, line in enumerate(_read_lines(path), start=1):
+        if not line.strip():
+            continue
+        cols = _columns(line, 7, path, lineno)
+        gold.append(_score(cols[4], path, lineno))
+        s1.append(_senteval_text(cols[5]))
+        s2.append(_senteval_text(cols[6]))
+    return PairSet(f"STSBenchmark.{split}", s1, s2, np.asarray(gold, dtype=np.float64))
+
+
+_SICK_FILES = {"train": "SICK_train.txt", "dev": "SICK_trial.txt", "test": "SICK_test_annotated.txt"}
+
+
+def load_sick(split: str = "test", data_dir=None) -> PairSet:
+    """SICK-R split: header line, then pair_ID, sentence_A, sentence_B, relatedness_score, ... (test: 4927)."""
+    if split not in _SICK_FILES:
+        raise DataError(f"unknown SICK split {split!r}", "use train, dev or test")
+    path = resolve_data_dir(data_dir) / "senteval" / "SICK" / _SICK_FILES[split]
+    lines = _read_lines(path)
+    if not lines or not lines[0].startswith("pair_ID"):
+        raise DataError(f"{path}, line 1: expected the header 'pair_ID<TAB>sentence_A<TAB>...'",
+                        "replace the file with the SentEval original")
+    s1, s2, gold = [], [], []
+    for lineno, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        cols = _columns(line, 4, path, lineno)
+        s1.append(_senteval_text(cols[1]))
+        s2.append(_senteval_text(cols[2]))
+        gold.append(_score(cols[3], path, lineno))
+    return PairSet(f"SICKRelatedness.{split}", s1, s2, np.asarray(gold, dtype=np.float64))
+
+
+def load_task(task: str, data_dir=None) -> dict[str, PairSet]:
+    """A task of the seven as {sub-set name: pairs}; STS-B and SICK-R have a single 'test' sub-set."""
+    if task in STS_SUBSETS:
+        return load_sts_year(task, data_dir)
+    if task == "STSBenchmark":
+        return {"test": load_stsb("test", data_dir)}
+    if task == "SICKRelatedness":
+        return {"test": load_sick("test", data_dir)}
+    raise DataError(f"unknown task {task!r}", f"use one of {', '.join(STS_TASKS)}")
+
+
+# ---------------------------------------------------------------- unlabelled corpus
+
+def corpus_path(corpus: str, data_dir=None) -> Path:
+    """A corpus name (`wiki1m_subset`, `wiki1m`) inside the data folder, or a path to a text file."""
+    if corpus in CORPORA:
+        path = resolve_data_dir(data_dir) / CORPORA[corpus]
+    else:
+        path = Path(corpus).expanduser()
+        if not path.suffix and not path.exists():
+            raise DataError(f"unknown corpus {corpus!r}",
+                            f"use one of {', '.join(CORPORA)} or the path of a text file with one sentence per line")
+    if not path.is_file():
+        raise DataError(f"corpus file {path} is missing", _FETCH_FIX)
+    return path.resolve()
+
+
+def load_corpus(corpus: str, data_dir=None, cache_dir: str | os.PathLike | None = None, limit: int | None = None):
+    """The unlabelled corpus as a `datasets.Dataset` with one column `text`, blank lines skipped.
+
+    Read with the `text` builder so that `tokenize_corpus` can map over it once and cache the result on disk.
+    `limit` keeps the first `limit` sentences (the smoke profile uses a few hundred).
+    """
+    import datasets
+
+    path = corpus_path(corpus, data_dir)
+    ds = datasets.load_dataset("text", data_files=str(path), split="train", cache_dir=cache_dir)
+    ds = ds.filter(lambda batch: [bool(t.strip()) for t in batch["text"]], batched=True,
+                   desc="dropping blank lines")
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    if len(ds) == 0:
+        raise DataError(f"corpus {path} has no non-blank line", "use a text file with one sentence per line")
+    return ds
+
+
+def tokenize_corpus(ds, tokenizer, max_length: int, cache_file: str | os.PathLike | None = None):
+    """Tokenise once (truncating to `max_length`), cached on disk when `cache_file` is given.
+
+    Adds `input_ids` (and `token_type_ids` where the tokenizer makes them) and `n_tokens_untruncated`, so
+    the number of truncated sentences can be reported. Padding is left to the collator (dynamic, per batch).
+    """
+
+    def encode(batch):
+        full = tokenizer(batch["text"], add_special_tokens=True, truncation=False)["input_ids"]
+        enc = tokenizer(batch["text"], truncation=True, max_length=max_length)
+        enc["n_tokens_untruncated"] = [len(ids) for ids in full]
+        enc.pop("attention_mask", None)
+        return enc
+
+    kwargs = {}
+    if cache_file is not None:
+        Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["cache_file_name"] = str(cache_file)
+    return ds.map(encode, batched=True, remove_columns=["text"], desc="tokenising corpus", **kwargs)
+
+
+# ---------------------------------------------------------------- download (machines with internet)
+
+def _find_senteval_root(tree: Path) -> Path:
+    """The folder inside an extracted senteval.tar that holds STS/ and SICK/ (the tar's nesting varies)."""
+    for candidate in [tree, *sorted(p for p in tree.rglob("*") if p.is_dir())]:
+        if (candidate / "STS" / "STSBenchmark").is_dir() and (candidate / "SICK").is_dir():
+            return candidate
+    raise DataError(f"the archive extracted to {tree} has no STS/STSBenchmark and SICK folders",
+                    "download senteval.tar again; it may be truncated")
+
+
+def extract_senteval(tar_path: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Extract SentEval's `senteval.tar` so that `dest/senteval/STS/...` exists; returns `dest/senteval`."""
+    dest = Path(dest)
+    target = dest / "senteval"
+    with tempfile.TemporaryDirectory(dir=dest if dest.exists() else None) as tmp:
+        try:
+            with tarfile.open(tar_path) as tar:
+                # the "data" filter refuses absolute paths, '..' members and links out of the tree
+                tar.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+        except (tarfile.TarError, OSError) as e:
+            raise DataError(f"cannot extract {tar_path}: {e}", "download senteval.tar again") from None
+        root = _find_senteval_root(Path(tmp))
+        dest.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.move(str(root), str(target))
+    return target
+
+
+def download_data(dest: str | os.PathLike = "data", full_corpus: bool = True) -> Path:
+    """Fetch SentEval and Wiki1M from the Hugging Face Hub (`princeton-nlp/datasets-for-simcse`)."""
+    from huggingface_hub import hf_hub_download
+
+    dest = Path(dest).resolve()
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        tar = hf_hub_download(HUB_DATASET, "senteval.tar", repo_type="dataset")
+        extract_senteval(tar, dest)
+        if full_corpus:
+            wiki = hf_hub_download(HUB_DATASET, "wiki1m_for_simcse.txt", repo_type="dataset")
+            (dest / "wiki").mkdir(exist_ok=True)
+            shutil.copyfile(wiki, dest / CORPORA["wiki1m"])
+    except DataError:
+        raise
+    except Exception as e:  # network errors come in many types (requests, httpx, OSError)
+        raise DataError(f"download from the Hub dataset {HUB_DATASET} failed ({type(e).__name__}: {e})",
+                        "check the internet connection, or copy the data folder from a machine that has it") from None
+    return dest

@@ -1,0 +1,53 @@
+"""How a result was made: git commit, device, library versions. Every results file embeds this."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+_PACKAGES = ("torch", "transformers", "datasets", "sentence-transformers", "numpy", "scipy", "jtcse_lib")
+
+
+def git_commit(repo: Path | None = None) -> str:
+    """The HEAD commit of the repository holding this package, with '+dirty' if the tree has changes."""
+    repo = repo or Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                             check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def device_description(device=None) -> str:
+    """'cpu (N threads, <processor>)' or the CUDA device name."""
+    import torch
+
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(dev)}"
+    return f"cpu ({torch.get_num_threads()} threads, {platform.machine()})"
+
+
+def provenance(device=None) -> dict:
+    return {
+        "git_commit": git_commit(),
+        "device": device_description(device),
+        "versions": versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

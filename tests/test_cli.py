@@ -1,0 +1,75 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from jtcse_lib.__main__ import main
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, minilm):
+    """A 2-layer random BERT with MiniLM's vocabulary and tokenizer (fast to run)."""
+    _, tokenizer = minilm
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=37, max_position_embeddings=128)
+    torch.manual_seed(0)
+    path = tmp_path / "tiny"
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_evaluate_writes_the_documented_json(tiny_data, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--model", str(tiny_model_dir), "--pooling", "mean", "--data-dir", str(tiny_data),
+                 "--bootstrap", "50", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result) >= {"model", "pooling", "protocol", "scores", "n_pairs", "subsets", "config",
+                           "git_commit", "device", "versions"}
+    assert result["protocol"] == "senteval-all" and result["pooling"] == "mean"
+    assert list(result["scores"]) == ["STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark",
+                                      "SICKRelatedness", "avg"]
+    assert set(result["ci95"]) == set(result["n_pairs"])
+    printed = capsys.readouterr().out
+    assert "STS12" in printed and "avg" in printed
+
+
+def test_evaluate_a_twin_folder_sums_the_towers(tiny_data, tiny_model_dir, tmp_path):
+    import shutil
+
+    twin = tmp_path / "twin"
+    shutil.copytree(tiny_model_dir, twin / "tower_a")
+    shutil.copytree(tiny_model_dir, twin / "tower_b")
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    assert main(["evaluate", "--model", str(tiny_model_dir), "--data-dir", str(tiny_data), "--tasks",
+                 "STSBenchmark", "--out", str(one)]) == 0
+    assert main(["evaluate", "--model", str(twin), "--data-dir", str(tiny_data), "--tasks", "STSBenchmark",
+                 "--out", str(two)]) == 0
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert b["config"]["twin"] is True
+    # identical towers: the sum is 2x one tower, so cosines and scores are unchanged
+    assert a["scores"]["STSBenchmark"] == pytest.approx(b["scores"]["STSBenchmark"], abs=1e-6)
+
+
+def test_missing_data_is_one_line_and_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "jtcse_lib", "evaluate", "--model", "minilm", "--data-dir",
+                           str(tmp_path / "none")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "does not exist" in err[0] and "Fix:" in err[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_model_name_exit_2(tmp_path, capsys):
+    assert main(["evaluate", "--model", str(tmp_path), "--tasks", "STSBenchmark"]) == 2
+    assert "has no config.json" in capsys.readouterr().err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    from jtcse_lib.errors import ModelError
+
+    with pytest.raises(ModelError):
+        main(["--debug", "evaluate", "--model", str(tmp_path)])

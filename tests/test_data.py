@@ -1,0 +1,197 @@
+import numpy as np
+import pytest
+
+from jtcse_lib import data
+from jtcse_lib.errors import DataError
+
+
+def test_resolution_order(tiny_data, tmp_path, monkeypatch):
+    other = tmp_path / "other"
+    (other / "senteval").mkdir(parents=True)
+    monkeypatch.setenv(data.DATA_ENV, str(other))
+    assert data.resolve_data_dir(tiny_data) == tiny_data.resolve()  # explicit argument wins
+    assert data.resolve_data_dir() == other.resolve()  # then the environment variable
+    monkeypatch.delenv(data.DATA_ENV)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir(exist_ok=True)
+    assert data.resolve_data_dir() == (tmp_path / "data").resolve()  # then ./data
+
+
+def test_missing_data_folder_names_it_and_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(DataError) as e:
+        data.resolve_data_dir()
+    msg = str(e.value)
+    assert "nowhere" in msg and "JTCSE_DATA_DIR" in msg and "download-data" in msg
+
+
+def test_folder_without_senteval(tmp_path):
+    with pytest.raises(DataError, match="no senteval/ sub-folder"):
+        data.resolve_data_dir(tmp_path)
+
+
+def test_blank_gold_lines_are_dropped(tiny_data):
+    pairs = data.load_sts_subset("STS12", "MSRpar", tiny_data)
+    assert len(pairs) == 3 and "first 1" not in " ".join(pairs.sent1)
+    assert pairs.gold.tolist() == [0.0, 2.6, 3.9]
+
+
+def test_whitespace_is_normalised_like_senteval(tiny_data):
+    pairs = data.load_stsb("test", tiny_data)
+    assert pairs.sent1[0] == "test a man 0 ."  # "a  man" -> "a man"
+    assert pairs.gold[:3].tolist() == [0.0, 1.0, 2.0]
+
+
+def test_sick_skips_header_and_reads_column_4(tiny_data):
+    pairs = data.load_sick("test", tiny_data)
+    assert len(pairs) == 7 and pairs.sent1[0] == "A kid 0 plays"
+    assert pairs.gold[:4].tolist() == [1.5, 2.5, 3.5, 4.5]
+
+
+def test_sick_without_header_is_an_error(tiny_data):
+    path = tiny_data / "senteval" / "SICK" / "SICK_test_annotated.txt"
+    path.write_text("\n".join(path.read_text().splitlines()[1:]))
+    with pytest.raises(DataError, match="line 1: expected the header"):
+        data.load_sick("test", tiny_data)
+
+
+def test_malformed_sts_line_reports_file_and_line(tiny_data):
+    path = tiny_data / "senteval" / "STS" / "STS13-en-test" / "STS.input.OnWN.txt"
+    lines = path.read_text().splitlines()
+    lines[2] = "no tab on this line"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as e:
+        data.load_sts_year("STS13", tiny_data)
+    assert "STS.input.OnWN.txt, line 3" in str(e.value) and "2 tab-separated columns" in str(e.value)
+
+
+def test_non_numeric_score_reports_file_and_line(tiny_data):
+    path = tiny_data / "senteval" / "STS" / "STSBenchmark" / "sts-dev.csv"
+    lines = path.read_text().splitlines()
+    cols = lines[3].split("\t")
+    cols[4] = "high"
+    lines[3] = "\t".join(cols)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"sts-dev.csv, line 4: score 'high' is not a number"):
+        data.load_stsb("dev", tiny_data)
+
+
+def test_missing_task_file_is_named(tiny_data):
+    (tiny_data / "senteval" / "STS" / "STS15-en-test" / "STS.gs.belief.txt").unlink()
+    with pytest.raises(DataError, match=r"STS.gs.belief.txt is missing"):
+        data.load_task("STS15", tiny_data)
+
+
+def test_misaligned_input_and_gold(tiny_data):
+    path = tiny_data / "senteval" / "STS" / "STS16-en-test" / "STS.gs.headlines.txt"
+    path.write_text(path.read_text() + "1.0\n")
+    with pytest.raises(DataError, match="line-aligned"):
+        data.load_sts_year("STS16", tiny_data)
+
+
+def test_unknown_task():
+    with pytest.raises(DataError, match="unknown task 'STS17'"):
+        data.load_task("STS17")
+
+
+def test_corpus_skips_blank_lines(tiny_data, tmp_path):
+    ds = data.load_corpus("wiki1m_subset", tiny_data, cache_dir=tmp_path / "cache")
+    assert ds["text"] == ["First sentence.", "Second one here.", "Third."]
+    assert data.load_corpus("wiki1m_subset", tiny_data, cache_dir=tmp_path / "cache", limit=2)["text"] == \
+        ["First sentence.", "Second one here."]
+
+
+def test_empty_corpus_is_an_error(tmp_path):
+    path = tmp_path / "empty.txt"
+    path.write_text("\n  \n")
+    with pytest.raises(DataError, match="no non-blank line"):
+        data.load_corpus(str(path), cache_dir=tmp_path / "cache")
+
+
+def test_unknown_corpus_name(tiny_data):
+    with pytest.raises(DataError, match="unknown corpus 'wiki2m'"):
+        data.corpus_path("wiki2m", tiny_data)
+
+
+def test_tokenize_corpus_truncates_counts_and_caches(tiny_data, tmp_path, minilm):
+    _, tokenizer = minilm
+    ds = data.load_corpus("wiki1m_subset", tiny_data, cache_dir=tmp_path / "cache")
+    cache = tmp_path / "tok" / "corpus.arrow"
+    tok = data.tokenize_corpus(ds, tokenizer, max_length=4, cache_file=cache)
+    assert cache.is_file()
+    assert all(len(ids) <= 4 for ids in tok["input_ids"])
+    assert tok["n_tokens_untruncated"] == [len(tokenizer(t)["input_ids"]) for t in ds["text"]]
+    assert tok["input_ids"][2] == tokenizer("Third.")["input_ids"]  # short enough: untouched
+
+
+# ------------------------------------------------------------------- the real data folder
+
+EXPECTED_PAIRS = {"STS12": 3108, "STS13": 1500, "STS14": 3750, "STS15": 3000, "STS16": 1186,
+                  "STSBenchmark": 1379, "SICKRelatedness": 4927}
+
+
+@pytest.mark.parametrize("task", list(EXPECTED_PAIRS))
+def test_real_data_pair_counts_match_senteval(real_data, task):
+    subsets = data.load_task(task, real_data)
+    assert sum(len(p) for p in subsets.values()) == EXPECTED_PAIRS[task]
+    for p in subsets.values():
+        assert np.all((p.gold >= 0) & (p.gold <= 5))
+
+
+def test_real_stsb_dev_size(real_data):
+    assert len(data.load_stsb("dev", real_data)) == 1500
+
+
+# ------------------------------------------------------------------- download extraction
+
+def _tar(tmp_path, layout_prefix, extra_member=None):
+    import tarfile
+
+    src = tmp_path / "src"
+    (src / layout_prefix / "STS" / "STSBenchmark").mkdir(parents=True)
+    (src / layout_prefix / "SICK").mkdir(parents=True)
+    (src / layout_prefix / "STS" / "STSBenchmark" / "sts-dev.csv").write_text("x\n")
+    (src / layout_prefix / "SICK" / "SICK_train.txt").write_text("y\n")
+    tar_path = tmp_path / "senteval.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        tar.add(src / layout_prefix.split("/")[0] if layout_prefix else src, arcname=layout_prefix.split("/")[0] or ".")
+        if extra_member:
+            tar.add(src / layout_prefix / "SICK" / "SICK_train.txt", arcname=extra_member)
+    return tar_path
+
+
+@pytest.mark.parametrize("prefix", ["", "downstream", "SentEval/data/downstream"])
+def test_extract_senteval_finds_the_root_at_any_depth(tmp_path, prefix):
+    tar_path = _tar(tmp_path, prefix)
+    out = data.extract_senteval(tar_path, tmp_path / "dest")
+    assert (out / "STS" / "STSBenchmark" / "sts-dev.csv").read_text() == "x\n"
+    assert (tmp_path / "dest" / "senteval" / "SICK" / "SICK_train.txt").is_file()
+
+
+def test_extract_refuses_path_traversal(tmp_path):
+    tar_path = _tar(tmp_path, "downstream", extra_member="../../evil.txt")
+    with pytest.raises(DataError, match="cannot extract"):
+        data.extract_senteval(tar_path, tmp_path / "dest")
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_extract_without_senteval_content(tmp_path):
+    import tarfile
+
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.txt").write_text("a")
+    with tarfile.open(tmp_path / "t.tar", "w") as tar:
+        tar.add(tmp_path / "junk", arcname="junk")
+    with pytest.raises(DataError, match="no STS/STSBenchmark"):
+        data.extract_senteval(tmp_path / "t.tar", tmp_path / "dest")
+
+
+def test_download_failure_is_a_clear_error(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(DataError, match="download from the Hub dataset princeton-nlp/datasets-for-simcse failed"):
+        data.download_data(tmp_path / "d")
