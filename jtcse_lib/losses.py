@@ -1,0 +1,344 @@
+"""The JTCSE losses as plain functions on tensors.
+
+Every function here takes the embeddings of a batch and returns a loss; nothing holds state, nothing
+imports the rest of the library. The official code (``model_dual.py`` of the JTCSE/TNCSE releases)
+feeds one tensor of *interleaved* rows per tower::
+
+    row 2s   = sentence s, dropout view 1
+    row 2s+1 = sentence s, dropout view 2
+
+and pairs row ``i`` with its partner view ``i ^ 1``. Our API takes the two views as two ``(B, H)``
+tensors instead and stacks them internally as ``[view1; view2]`` (row ``i`` and row ``i + B`` are
+partners). A mean over rows does not depend on their order, so the values (and gradients) are the
+official ones; ``tests/test_losses.py`` checks that against slow loops over the interleaved layout.
+
+Numerics
+--------
+* Cosine similarity normalises each vector by ``max(||x||, 1e-8)``, as ``F.cosine_similarity`` does.
+* Inputs in float16/bfloat16 are upcast to float32 and autocast is switched off inside each loss, so
+  the similarity matrices, softmaxes and norms are computed in float32 under mixed precision; the loss
+  is then float32. float32 and float64 inputs are computed in their own dtype.
+* No function reads a tensor value on the host (no ``.item()``, no data-dependent Python branch), so
+  none of them forces a GPU synchronisation.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "OFFICIAL_TEMPERATURE",
+    "OFFICIAL_NEGATIVE_COSINE_REPLACEMENT",
+    "TENSOR_MODULUS_VARIANTS",
+    "nt_xent",
+    "cross_nt_xent",
+    "modulus_gap",
+    "tensor_modulus_loss",
+    "distillation_kl",
+]
+
+#: Temperature of every contrastive loss in the official code (and our default).
+OFFICIAL_TEMPERATURE = 0.05
+#: The constant the official ``LTN_loss`` substitutes for a negative cosine before taking ``-log``.
+OFFICIAL_NEGATIVE_COSINE_REPLACEMENT = 1e-4
+#: Allowed values of ``tensor_modulus_loss(..., variant=...)``.
+TENSOR_MODULUS_VARIANTS = ("official", "paper")
+
+_COS_EPS = 1e-8  # as F.cosine_similarity: x / max(||x||, eps)
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------
+def _compute_dtype(*tensors):
+    """float32 for half-precision inputs, otherwise the promoted input dtype."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return torch.float32 if dtype in _HALF_DTYPES else dtype
+
+
+def _autocast_off(x):
+    """A context that disables autocast on ``x``'s device type (so matmuls stay in float32)."""
+    return torch.autocast(device_type="cuda" if x.device.type == "cuda" else "cpu", enabled=False)
+
+
+def _unit_rows(x, dtype):
+    """Rows scaled to unit length, in ``dtype``; (N, H) -> (N, H)."""
+    x = x.to(dtype)
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(_COS_EPS)  # x / max(||x||, eps)
+
+
+def _rowwise_cos(x, y, dtype):
+    """cos(x_i, y_i) of each pair of rows, in ``dtype``; (B, H), (B, H) -> (B,).
+
+    Same value as ``F.cosine_similarity(x, y, dim=-1)`` (norms clamped to eps), computed on (B,)
+    norms and dot products, which keeps the backward pass to a few (B, H) operations.
+    """
+    x, y = x.to(dtype), y.to(dtype)
+    dot = (x * y).sum(dim=-1)  # x_i . y_i, (B,)
+    nx = torch.linalg.vector_norm(x, dim=-1).clamp_min(_COS_EPS)  # max(||x_i||, eps), (B,)
+    ny = torch.linalg.vector_norm(y, dim=-1).clamp_min(_COS_EPS)  # max(||y_i||, eps), (B,)
+    return dot / (nx * ny)  # cos(x_i, y_i), (B,)
+
+
+def _check_pair(name1, t1, name2, t2):
+    if t1.dim() != 2 or t2.dim() != 2:
+        raise ValueError(f"{name1} and {name2} must be 2-D (B, H); got {tuple(t1.shape)} and {tuple(t2.shape)}")
+    if t1.shape != t2.shape:
+        raise ValueError(f"{name1} and {name2} must have the same shape; got {tuple(t1.shape)} and {tuple(t2.shape)}")
+    if t1.shape[0] < 1:
+        raise ValueError(f"{name1} must hold at least one row")
+
+
+def _check_temperature(name, value):
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+
+
+def _partner_nt_xent(za, zb, temperature):
+    """NT-Xent of anchors ``za`` against candidates ``zb`` in the stacked layout.
+
+    ``za``, ``zb``: (2B, H) unit rows, ``[view1; view2]``. Row i of ``za`` is scored against every row
+    of ``zb`` except row i; its target is the partner view, row ``(i + B) mod 2B``.
+    """
+    n = za.shape[0]  # 2B
+    logits = za @ zb.transpose(0, 1) / temperature  # l_ij = cos(a_i, b_j) / tau, (2B, 2B)
+    self_pair = torch.eye(n, dtype=torch.bool, device=za.device)
+    logits = logits.masked_fill(self_pair, float("-inf"))  # drop j = i (same sentence, same view)
+    target = torch.arange(n, device=za.device).add_(n // 2).remainder_(n)  # partner of i: i + B mod 2B
+    return F.cross_entropy(logits, target)  # mean_i [ logsumexp_{j != i} l_ij - l_{i, partner(i)} ]
+
+
+# ----------------------------------------------------------------------------------------------
+# contrastive losses
+# ----------------------------------------------------------------------------------------------
+def nt_xent(view1, view2, temperature=OFFICIAL_TEMPERATURE):
+    """NT-Xent (SimCLR / unsupervised SimCSE) of one tower.
+
+    Let ``z`` be the 2B embeddings of the batch (both views of every sentence) and
+    ``l_ij = cos(z_i, z_j) / temperature``. Then::
+
+        loss = 1/(2B) * sum_i [ log sum_{j != i} exp(l_ij) - l_{i, p(i)} ]
+
+    where ``p(i)`` is the other view of the same sentence. The negatives of a row are both views of
+    every other sentence (2B - 2 of them); the row itself is excluded.
+
+    Args:
+        view1, view2: ``(B, H)`` embeddings of dropout view 1 and view 2 of the same B sentences.
+        temperature: softmax temperature (official: 0.05).
+
+    Returns:
+        0-d tensor, the mean over the 2B rows.
+
+    Official code: ``unsup_infonce_loss(y_pred)`` on the interleaved ``(2B, H)`` tensor, with the
+    diagonal suppressed by subtracting ``1e12`` from the cosine (here: ``-inf``; both give an exact
+    zero probability in float32/float64). It builds the cosine matrix by broadcasting
+    ``F.cosine_similarity`` over a ``(2B, 2B, H)`` tensor; here it is one matmul of unit rows. The
+    order of rows does not change the mean, so the value is the official one.
+
+    For ``B = 1`` the partner is the only candidate, every row's softmax is 1 on its target, and the
+    loss is exactly 0 (with zero gradient).
+    """
+    _check_pair("view1", view1, "view2", view2)
+    _check_temperature("temperature", temperature)
+    dtype = _compute_dtype(view1, view2)
+    with _autocast_off(view1):
+        z = _unit_rows(torch.cat([view1, view2], dim=0), dtype)  # (2B, H), rows [view1; view2]
+        return _partner_nt_xent(z, z, temperature)
+
+
+def cross_nt_xent(a1, a2, b1, b2, temperature=OFFICIAL_TEMPERATURE):
+    """Cross-tower NT-Xent (the official ``icnce``): tower A's rows are anchors, tower B's candidates.
+
+    With ``A`` the 2B rows of tower A, ``Bt`` the 2B rows of tower B (same sentence/view order) and
+    ``l_ij = cos(A_i, Bt_j) / temperature``::
+
+        loss = 1/(2B) * sum_i [ log sum_{j != i} exp(l_ij) - l_{i, p(i)} ]
+
+    Row ``j = i`` (the same view of the same sentence, encoded by the other tower) is masked out; the
+    target is the *partner* view of the same sentence in tower B. Not symmetric in (A, B): swapping
+    the towers gives the B -> A direction.
+
+    Args:
+        a1, a2: ``(B, H)`` tower A, view 1 and view 2.
+        b1, b2: ``(B, H)`` tower B, view 1 and view 2.
+        temperature: softmax temperature (official: 0.05).
+
+    Returns:
+        0-d tensor, the mean over the 2B anchors.
+
+    Official code: ``icnce(y_pred_1, y_pred_2)`` on interleaved ``(2B, H)`` tensors, diagonal
+    suppressed by ``-1e12``, cosine matrix by broadcasting. JTCSE applies it to the towers' [CLS]
+    vectors and to the [CLS] vectors of the cross-attention outputs, drawing the direction (A -> B or
+    B -> A) at random each step; the caller chooses the direction by the argument order.
+    """
+    _check_pair("a1", a1, "a2", a2)
+    _check_pair("b1", b1, "b2", b2)
+    _check_pair("a1", a1, "b1", b1)
+    _check_temperature("temperature", temperature)
+    dtype = _compute_dtype(a1, a2, b1, b2)
+    with _autocast_off(a1):
+        za = _unit_rows(torch.cat([a1, a2], dim=0), dtype)  # (2B, H) tower A, [view1; view2]
+        zb = _unit_rows(torch.cat([b1, b2], dim=0), dtype)  # (2B, H) tower B, [view1; view2]
+        return _partner_nt_xent(za, zb, temperature)
+
+
+# ----------------------------------------------------------------------------------------------
+# tensor-modulus constraint
+# ----------------------------------------------------------------------------------------------
+def modulus_gap(x, y, eps=1e-12):
+    """The tensor-modulus gap l_TN of each pair of rows.
+
+    ::
+
+        l_TN(x, y) = ||x - y|| / (||x|| + ||y||)
+
+    With ``||y|| = k ||x||`` and ``cos(x, y) = t`` this is ``sqrt(1 + k^2 - 2 k t) / (1 + k)``: in
+    [0, 1], 0 only when x == y, 1 when the vectors point in opposite directions (or one of them is
+    zero), and ``|1 - k| / (1 + k)`` at ``t = 1``. Scale invariant: ``l_TN(c x, c y) = l_TN(x, y)``.
+
+    Zero vectors: the denominator is clamped to ``eps``, so two zero vectors give 0 (and the value
+    tends to 0 continuously as ``||x|| + ||y|| -> 0``); the Euclidean norm at the origin has
+    gradient 0 (the subgradient torch uses), so values and gradients are finite everywhere.
+
+    Args:
+        x, y: ``(B, H)`` (any ``(..., H)``) tensors of the same shape.
+        eps: lower bound of the denominator.
+
+    Returns:
+        ``(B,)`` (``(...)``) tensor of l_TN values; float32 for half-precision inputs.
+
+    Official code: ``torch.norm(P_i - P'_i) / (torch.norm(P_i) + torch.norm(P'_i))`` per sample inside
+    ``LTN_loss``, without any guard (NaN for two zero vectors).
+    """
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same shape; got {tuple(x.shape)} and {tuple(y.shape)}")
+    dtype = _compute_dtype(x, y)
+    with _autocast_off(x):
+        x, y = x.to(dtype), y.to(dtype)
+        num = torch.linalg.vector_norm(x - y, dim=-1)  # ||x - y||, (B,)
+        den = torch.linalg.vector_norm(x, dim=-1) + torch.linalg.vector_norm(y, dim=-1)  # ||x|| + ||y||, (B,)
+        return num / den.clamp_min(eps)  # l_TN = ||x - y|| / max(||x|| + ||y||, eps), (B,)
+
+
+def tensor_modulus_loss(anchor_cls, positive_cls, anchor_pooled=None, positive_pooled=None, variant="official"):
+    """Tensor-modulus term (ICTM) of a batch of (anchor, positive) pairs.
+
+    Two variants:
+
+    ``"official"`` reproduces the official ``LTN_loss`` exactly::
+
+        s_i = cos(anchor_cls_i, positive_cls_i)
+        s_i <- 1e-4 (a constant, no gradient)   where s_i < 0
+        M_i = l_TN(anchor_pooled_i, positive_pooled_i) / 2
+        loss = 1/B * sum_i  -log(s_i) * M_i
+
+      The cosine uses the [CLS] vectors, the modulus gap the *pooler outputs* (dense + tanh on [CLS])
+      of the same pair; the -log(s) factor weights the modulus gap of each pair by how far apart the
+      pair's directions are. A cosine of exactly 0 gives ``-log(0) = inf`` as in the official code.
+
+    ``"paper"`` is the formula of the paper alone::
+
+        loss = 1/B * sum_i l_TN(anchor_cls_i, positive_cls_i)
+
+      on the [CLS] vectors; no -log factor, no /2, the pooled arguments are ignored (may be None).
+
+    What the official code does differently (same values, see the tests): it takes the interleaved
+    ``(2B, H)`` tensors of both towers, builds the full ``(2B, 2B)`` cosine matrix by broadcasting,
+    then loops over the even rows in Python with ``if sim < 0.0: sim = torch.tensor(0.0001)``. That
+    branch reads the value on the host, i.e. one GPU synchronisation per sample. Here the replacement
+    is ``torch.where`` on the whole batch: the replaced entries get exactly zero gradient through
+    ``s`` and the log is taken of the already-replaced (non-negative) value, so no NaN/inf gradient
+    leaks from the discarded branch; nothing is read on the host.
+
+    Usage in JTCSE: the term is added for the pair (tower A view 1, tower B view 2) and for
+    (tower B view 1, tower A view 2), i.e. PAPER.md's ``s = cos(CLS_A(view1), CLS_B(view2))``::
+
+        tensor_modulus_loss(cls_a1, cls_b2, pool_a1, pool_b2) + tensor_modulus_loss(cls_b1, cls_a2, pool_b1, pool_a2)
+
+    Args:
+        anchor_cls, positive_cls: ``(B, H)`` [CLS] vectors of the anchors and their positives.
+        anchor_pooled, positive_pooled: ``(B, H')`` pooler outputs of the same pairs (official only).
+        variant: ``"official"`` or ``"paper"``.
+
+    Returns:
+        0-d tensor; float32 for half-precision inputs.
+    """
+    if variant not in TENSOR_MODULUS_VARIANTS:
+        allowed = ", ".join(map(repr, TENSOR_MODULUS_VARIANTS))
+        raise ValueError(f"unknown variant {variant!r}; allowed values: {allowed}")
+    _check_pair("anchor_cls", anchor_cls, "positive_cls", positive_cls)
+    if variant == "paper":
+        return modulus_gap(anchor_cls, positive_cls).mean()  # 1/B sum_i l_TN(cls_i, cls+_i)
+
+    if anchor_pooled is None or positive_pooled is None:
+        raise ValueError("variant='official' needs anchor_pooled and positive_pooled (the pooler outputs)")
+    _check_pair("anchor_pooled", anchor_pooled, "positive_pooled", positive_pooled)
+    if anchor_pooled.shape[0] != anchor_cls.shape[0]:
+        raise ValueError(
+            "pooled and cls tensors must have the same batch size; "
+            f"got {anchor_pooled.shape[0]} and {anchor_cls.shape[0]}"
+        )
+    dtype = _compute_dtype(anchor_cls, positive_cls)
+    with _autocast_off(anchor_cls):
+        s = _rowwise_cos(anchor_cls, positive_cls, dtype)  # s_i = cos(a_i, p_i), (B,)
+        s = torch.where(s < 0, OFFICIAL_NEGATIVE_COSINE_REPLACEMENT, s)  # s_i <- 1e-4 (constant) where s_i < 0
+        m = modulus_gap(anchor_pooled, positive_pooled) / 2.0  # M_i = l_TN(P_i, P+_i) / 2, (B,)
+        return (-torch.log(s) * m).mean()  # 1/B sum_i -log(s_i) M_i
+
+
+# ----------------------------------------------------------------------------------------------
+# distillation
+# ----------------------------------------------------------------------------------------------
+def _off_diagonal(m):
+    """(N, N) -> (N, N - 1): each row without its diagonal entry (order of the others kept)."""
+    n = m.shape[0]
+    return m.flatten()[1:].view(n - 1, n + 1)[:, :-1].reshape(n, n - 1)
+
+
+def distillation_kl(
+    student, teacher, temperature_student=OFFICIAL_TEMPERATURE, temperature_teacher=OFFICIAL_TEMPERATURE
+):
+    """Relational distillation: match the student's in-batch similarity distribution to the teacher's.
+
+    For N embeddings of each model, row i's distribution over the other N - 1 rows is::
+
+        p_S(j | i) = softmax_{j != i}( cos(student_i, student_j) / temperature_student )
+        p_T(j | i) = softmax_{j != i}( cos(teacher_i, teacher_j) / temperature_teacher )
+        loss = 1/N * sum_i KL(p_T(. | i) || p_S(. | i))
+             = 1/N * sum_i sum_{j != i} p_T(j | i) * (log p_T(j | i) - log p_S(j | i))
+
+    The diagonal is excluded from both softmaxes (not merely masked), so there is no ``0 * log 0``.
+    The teacher is a constant (detached): no gradient reaches it. Because only similarities are
+    compared, student and teacher may have different widths (e.g. the teacher = the sum of the twin
+    towers' [CLS] vectors, the student = one tower's [CLS]).
+
+    This is the project's own design: the paper and its code release do not publish the
+    distillation loss of JTCSE-D, only that the teacher is the sum of the twin [CLS] vectors.
+
+    Args:
+        student: ``(N, Hs)`` student embeddings, N >= 2.
+        teacher: ``(N, Ht)`` teacher embeddings of the same N inputs.
+        temperature_student, temperature_teacher: softmax temperatures.
+
+    Returns:
+        0-d tensor (>= 0, 0 iff the two row distributions agree); float32 for half-precision inputs.
+    """
+    if student.dim() != 2 or teacher.dim() != 2 or student.shape[0] != teacher.shape[0]:
+        raise ValueError(
+            f"student and teacher must be (N, H) with the same N; got {tuple(student.shape)} and {tuple(teacher.shape)}"
+        )
+    if student.shape[0] < 2:
+        raise ValueError("distillation_kl needs N >= 2 rows (a row's distribution is over the other rows)")
+    _check_temperature("temperature_student", temperature_student)
+    _check_temperature("temperature_teacher", temperature_teacher)
+    dtype = _compute_dtype(student, teacher)
+    with _autocast_off(student):
+        zs = _unit_rows(student, dtype)  # (N, Hs)
+        zt = _unit_rows(teacher.detach(), dtype)  # (N, Ht), constant
+        log_ps = F.log_softmax(_off_diagonal(zs @ zs.T / temperature_student), dim=-1)  # log p_S(j|i), (N, N-1)
+        log_pt = F.log_softmax(_off_diagonal(zt @ zt.T / temperature_teacher), dim=-1)  # log p_T(j|i), (N, N-1)
+        return (log_pt.exp() * (log_pt - log_ps)).sum(dim=-1).mean()  # 1/N sum_i sum_j p_T (log p_T - log p_S)
