@@ -1,4 +1,4 @@
-"""Command line: `python -m jtcse_lib {evaluate,download-data} ...` (see `--help` of each).
+"""Command line: `python -m jtcse_lib {evaluate,train,download-data} ...` (see `--help` of each).
 
 Errors the user can fix print one line on stderr (cause and fix) and exit with status 2; `--debug` shows
 the traceback instead.
@@ -68,6 +68,26 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .config import load_profile
+    from .train import Trainer
+
+    config = load_profile(args.profile, args.set)
+    init = None
+    if args.init:
+        init = args.init[0] if args.stage in ("simcse", "distill") else tuple(args.init)
+        if args.stage in ("tncse", "jtcse") and len(args.init) != 2:
+            from .errors import ConfigError
+            raise ConfigError(f"--init takes two folders (tower A, tower B) for stage {args.stage}",
+                              "pass --init DIR_A DIR_B, e.g. the best/ folders of two simcse runs")
+    trainer = Trainer(config, args.stage, args.out, init=init, tower=args.tower, teacher=args.teacher,
+                      data_dir=args.data_dir, device=args.device)
+    result = trainer.run()
+    print(f"{args.stage}: best STS-B dev {result.best_dev:.2f} at step {result.best_step} of {result.steps}; "
+          f"best model in {result.best_dir} ({result.wall_seconds:.0f} s)")
+    return 0
+
+
 def cmd_download_data(args) -> int:
     from .data import download_data
 
@@ -97,6 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", default=None, help="data folder (default: $JTCSE_DATA_DIR, then ./data)")
     ev.add_argument("--out", default=None, help="write the result JSON here")
     ev.set_defaults(func=cmd_evaluate)
+
+    tr = sub.add_parser("train", help="train one stage (simcse, tncse, jtcse, distill); resumes if interrupted")
+    tr.add_argument("--stage", required=True, choices=("simcse", "tncse", "jtcse", "distill"))
+    tr.add_argument("--profile", default="smoke", help="params/<profile>.yaml (smoke, cpu, paper)")
+    tr.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys")
+    tr.add_argument("--out", required=True, help="run folder: checkpoint/, best/, metrics.jsonl, result.json")
+    tr.add_argument("--init", nargs="+", metavar="DIR",
+                    help="start from: one encoder (simcse, distill) or two towers A B (tncse, jtcse)")
+    tr.add_argument("--tower", choices=("a", "b"), default="a", help="simcse: which of the two stage-1 encoders")
+    tr.add_argument("--teacher", default=None, help="distill: a trained twin folder (tower_a/, tower_b/)")
+    tr.add_argument("--data-dir", default=None)
+    tr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    tr.set_defaults(func=cmd_train)
 
     dl = sub.add_parser("download-data", help="fetch SentEval and Wiki1M from the Hugging Face Hub")
     dl.add_argument("--dest", default="data")

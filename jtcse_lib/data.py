@@ -55,6 +55,12 @@ class PairSet:
     def __len__(self) -> int:
         return len(self.gold)
 
+    def head(self, n: int | None) -> "PairSet":
+        """The first `n` pairs (all when n is None): the smoke profile scores a prefix of each set."""
+        if n is None or n >= len(self):
+            return self
+        return PairSet(self.name, self.sent1[:n], self.sent2[:n], self.gold[:n])
+
 
 # ---------------------------------------------------------------- data folder
 

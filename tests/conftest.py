@@ -65,3 +65,19 @@ def minilm():
 
     model, tokenizer = load_backbone("minilm")
     return model.eval(), tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, minilm):
+    """A 2-layer, 32-wide random BERT with MiniLM's vocabulary and tokenizer: a fast stand-in backbone."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    _, tokenizer = minilm
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=37, max_position_embeddings=128)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny") / "tiny"
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -3,23 +3,7 @@ import subprocess
 import sys
 
 import pytest
-import torch
-from transformers import BertConfig, BertModel
-
 from jtcse_lib.__main__ import main
-
-
-@pytest.fixture
-def tiny_model_dir(tmp_path, minilm):
-    """A 2-layer random BERT with MiniLM's vocabulary and tokenizer (fast to run)."""
-    _, tokenizer = minilm
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=4, intermediate_size=37, max_position_embeddings=128)
-    torch.manual_seed(0)
-    path = tmp_path / "tiny"
-    BertModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def test_evaluate_writes_the_documented_json(tiny_data, tiny_model_dir, tmp_path, capsys):

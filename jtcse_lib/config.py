@@ -1,0 +1,217 @@
+"""The run configuration: one dataclass, loaded from `params/<profile>.yaml`, overridable with key=value.
+
+Unknown keys and impossible values are rejected with a message naming the key and the fix. The hash of
+the resolved configuration (`config_hash`) keys the run cache, so two runs with the same settings share
+their trained models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
+STAGES = ("simcse", "tncse", "jtcse", "distill")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class RunConfig:
+    """Everything a run depends on. Defaults are the `smoke` profile's (seconds on a CPU)."""
+
+    profile: str = "smoke"
+    backbone: str = "minilm"  # `minilm`, a model folder, or a Hub id (bert-base-uncased, roberta-base)
+    corpus: str = "wiki1m_subset"  # a corpus name of jtcse_lib.data.CORPORA or a text file
+    corpus_limit: int | None = 256  # keep the first N sentences (None: all)
+    max_length: int = 32  # tokens per training sentence (truncated beyond; the count is logged)
+    batch_size: int = 32  # sentences per step (each contributes two dropout views)
+    grad_accum: int = 1  # optimizer step every N batches
+    epochs: int = 1
+    max_steps: int | None = None  # optimizer steps per stage (None: epochs over the corpus)
+    dropout: float | None = None  # hidden and attention dropout (None: the backbone's, 0.1 for BERT)
+    seed: int = 42
+
+    # stage 1: two SimCSE encoders (tower A and tower B), as TNCSE/JTCSE start from two different ones
+    lr_simcse_a: float = 3e-5
+    lr_simcse_b: float = 3e-5
+    seed_b_offset: int = 1  # tower B's seed = seed + offset (different dropout masks and data order)
+
+    # stage 2: joint training (TNCSE = no cross-attention; JTCSE = with it)
+    lr_joint: float = 1e-5
+    cross_attention_layers: int | list[int] = 3  # count dividing the depth, or explicit 0-based layers
+    temperature: float = 0.05
+    modulus_variant: str = "official"  # "official" (LTN_loss of the authors' code) or "paper"
+    w_nce: float = 1.0  # NT-Xent of each tower
+    w_cross_cls: float = 1.0  # cross-tower NT-Xent on the towers' [CLS]
+    w_cross_attention: float = 1.0  # cross-tower NT-Xent on the cross-attention [CLS]
+    w_modulus: float = 1.0  # tensor-modulus term, (A, B) + (B, A)
+
+    # distillation (JTCSE-D): one student tower from the twin teacher
+    lr_distill: float = 1e-5
+    distill_init: str = "tower_a"  # "tower_a" of the teacher, or "backbone"
+    distill_alpha: float = 1.0
+    distill_temperature_student: float = 0.05
+    distill_temperature_teacher: float = 0.05
+
+    # optimisation and bookkeeping
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0  # the paper: no warm-up
+    scheduler: str = "constant"  # "constant" or "linear" (decay to 0)
+    precision: str = "auto"  # auto: bf16 autocast on CUDA where supported, else fp16; fp32 on CPU
+    eval_every: int = 10  # STS-B dev every N optimizer steps (the paper: 100)
+    eval_batch_size: int = 128
+    eval_max_length: int | None = None  # truncation when encoding STS sentences (None: model limit)
+    dev_pairs: int | None = 200  # STS-B dev pairs used for selection (None: all 1500)
+    test_pairs: int | None = 100  # pairs per STS sub-set in test evaluations (None: all; smoke only)
+    checkpoint_every: int = 50  # resumable checkpoint every N optimizer steps
+    log_every: int = 5
+    seeds: list[int] = field(default_factory=lambda: [42])  # seeds of the main models (notebooks 03-05)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def need(cond: bool, key: str, problem: str, fix: str) -> None:
+            if not cond:
+                raise ConfigError(f"config key {key!r}: {problem}", fix)
+
+        for key in ("batch_size", "grad_accum", "epochs", "max_length", "eval_every", "checkpoint_every",
+                    "log_every", "eval_batch_size"):
+            need(isinstance(getattr(self, key), int) and getattr(self, key) >= 1, key,
+                 f"must be a positive integer, got {getattr(self, key)!r}", f"set {key}=1 or more")
+        need(self.max_steps is None or (isinstance(self.max_steps, int) and self.max_steps >= 1), "max_steps",
+             f"must be a positive integer or null, got {self.max_steps!r}", "set max_steps=100, or null for epochs")
+        for key in ("dev_pairs", "test_pairs"):
+            value = getattr(self, key)
+            need(value is None or (isinstance(value, int) and value >= 10), key,
+                 f"must be 10 or more, or null (all pairs), got {value!r}", f"set {key}=null")
+        need(self.corpus_limit is None or (isinstance(self.corpus_limit, int) and self.corpus_limit >= 2),
+             "corpus_limit", f"must be 2 or more, or null, got {self.corpus_limit!r}", "set corpus_limit=null")
+        for key in ("lr_simcse_a", "lr_simcse_b", "lr_joint", "lr_distill", "temperature",
+                    "distill_temperature_student", "distill_temperature_teacher"):
+            need(_number(getattr(self, key)) and getattr(self, key) > 0, key,
+                 f"must be a positive number, got {getattr(self, key)!r}", f"set {key} to e.g. 1e-5")
+        for key in ("w_nce", "w_cross_cls", "w_cross_attention", "w_modulus", "distill_alpha", "weight_decay",
+                    "warmup_ratio"):
+            need(_number(getattr(self, key)) and getattr(self, key) >= 0, key,
+                 f"must be a number >= 0, got {getattr(self, key)!r}", f"set {key}=0 to switch it off")
+        need(self.warmup_ratio < 1, "warmup_ratio", "must be below 1", "set warmup_ratio=0.1, say")
+        need(self.dropout is None or (_number(self.dropout) and 0 <= self.dropout < 1), "dropout",
+             f"must be in [0, 1) or null, got {self.dropout!r}", "set dropout=0.1")
+        need(self.modulus_variant in ("official", "paper"), "modulus_variant",
+             f"unknown variant {self.modulus_variant!r}", "use official or paper")
+        need(self.scheduler in ("constant", "linear"), "scheduler", f"unknown scheduler {self.scheduler!r}",
+             "use constant or linear")
+        need(self.precision in PRECISIONS, "precision", f"unknown precision {self.precision!r}",
+             f"use one of {', '.join(PRECISIONS)}")
+        need(self.distill_init in ("tower_a", "backbone"), "distill_init",
+             f"unknown initialisation {self.distill_init!r}", "use tower_a or backbone")
+        layers = self.cross_attention_layers
+        need((isinstance(layers, int) and layers >= 0) or
+             (isinstance(layers, list) and all(isinstance(i, int) and i >= 0 for i in layers)),
+             "cross_attention_layers", f"must be a count >= 0 or a list of 0-based layer indices, got {layers!r}",
+             "set cross_attention_layers=6 (a divisor of the depth) or [1,3,5]")
+        need(isinstance(self.seeds, list) and len(self.seeds) >= 1 and all(isinstance(s, int) for s in self.seeds),
+             "seeds", f"must be a non-empty list of integers, got {self.seeds!r}", "set seeds=[42,43,44]")
+
+    # ------------------------------------------------------------------ derived
+
+    def stage_lr(self, stage: str, tower: str = "a") -> float:
+        if stage == "simcse":
+            return self.lr_simcse_a if tower == "a" else self.lr_simcse_b
+        if stage in ("tncse", "jtcse"):
+            return self.lr_joint
+        if stage == "distill":
+            return self.lr_distill
+        raise ConfigError(f"unknown stage {stage!r}", f"use one of {', '.join(STAGES)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def replace(self, **changes) -> "RunConfig":
+        return with_overrides(self, {k: v for k, v in changes.items()})
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_FIELDS = {f.name: f for f in fields(RunConfig)}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """A value of the YAML file or of a `key=value` override (a string parsed as YAML) for one key."""
+    if isinstance(value, str) and key not in ("profile", "backbone", "corpus", "modulus_variant", "scheduler",
+                                              "precision", "distill_init"):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config key {key!r}: cannot parse {value!r} ({e})", "write a number, a list or null")
+    if isinstance(value, str) and ("float" in str(_FIELDS[key].type) or "int" in str(_FIELDS[key].type)):
+        try:
+            value = float(value)  # YAML 1.1 reads "2e-5" (no dot) as a string
+        except ValueError:
+            pass
+    if isinstance(value, float) and value.is_integer() and _FIELDS[key].type in ("int", "int | None"):
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and "float" in str(_FIELDS[key].type):
+        value = float(value)
+    return value
+
+
+def with_overrides(config: RunConfig, overrides: dict[str, Any] | list[str] | None) -> RunConfig:
+    """A new config with `overrides` applied: a dict, or a list of `key=value` strings (values parsed as YAML)."""
+    if not overrides:
+        return dataclasses.replace(config)
+    if isinstance(overrides, list):
+        pairs = {}
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not key=value", "write e.g. --set batch_size=64")
+            key, value = item.split("=", 1)
+            pairs[key.strip()] = value.strip()
+        overrides = pairs
+    unknown = sorted(set(overrides) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}",
+                          f"known keys: {', '.join(_FIELDS)}")
+    data = config.to_dict()
+    data.update({k: _coerce(k, v) for k, v in overrides.items()})
+    return RunConfig(**data)
+
+
+def available_profiles(params_dir: Path = PARAMS_DIR) -> list[str]:
+    return sorted(p.stem for p in Path(params_dir).glob("*.yaml"))
+
+
+def load_profile(profile: str, overrides: dict | list[str] | None = None, params_dir: Path = PARAMS_DIR) -> RunConfig:
+    """`params/<profile>.yaml` on top of the defaults, then `overrides`."""
+    path = Path(params_dir) / f"{profile}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown profile {profile!r} (no {path})",
+                          f"use one of {', '.join(available_profiles(params_dir)) or '(none found)'}")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML ({e})", "fix the file") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys", "write key: value lines")
+    values.setdefault("profile", profile)
+    return with_overrides(with_overrides(RunConfig(), values), overrides)
+
+
+def config_hash(config: RunConfig | dict, keys: list[str] | None = None) -> str:
+    """A short stable hash of (a subset of) the resolved configuration: the key of the run cache."""
+    data = config.to_dict() if isinstance(config, RunConfig) else dict(config)
+    if keys is not None:
+        data = {k: data[k] for k in keys}
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]

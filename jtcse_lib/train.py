@@ -1,0 +1,462 @@
+"""Training: one `Trainer` for the four stages.
+
+| stage   | model                              | loss                                                            |
+|---------|------------------------------------|-----------------------------------------------------------------|
+| simcse  | one encoder                        | NT-Xent of its two dropout views                                |
+| tncse   | `TwinTower`, no cross-attention    | NCE(A) + NCE(B) + ICNCE(A->B on [CLS]) + ICTM(A,B) + ICTM(B,A)    |
+| jtcse   | `TwinTower` with the cross branch  | NCE(A) + NCE(B) + ICNCE(cross [CLS]) + ICNCE([CLS]) + ICTM(A,B) + ICTM(B,A), the ICNCE direction (A->B or B->A) drawn at random per step |
+| distill | one student, frozen twin teacher   | NT-Xent(student) + alpha * KL(teacher || student) of in-batch similarity distributions |
+
+Each term has a weight in the config (0 switches it off) for the ablations. A batch of B sentences is
+tokenised once (cached on disk) and fed as 2B rows (the same tokens twice) in one forward pass: dropout makes
+the two views. Rows [0, B) are view 1 and rows [B, 2B) view 2.
+
+Every `eval_every` optimizer steps the model is scored on STS-B dev (the twin as the sum of its towers' [CLS]
+vectors, as at inference); the best is kept as plain Hugging Face folder(s) in `out/best`. Every
+`checkpoint_every` steps a resumable checkpoint (weights, optimizer, scheduler, RNG states, data position) is
+written atomically to `out/checkpoint`; running the same command again resumes from it exactly. Metrics go to
+`out/metrics.jsonl`, the resolved config to `out/config.json`, the summary to `out/result.json` (written last:
+its presence means the run is complete).
+
+On CUDA: TF32 matmuls and autocast (bf16 where supported, else fp16 with a gradient scaler). On CPU: fp32.
+The loop reads no tensor on the host except every `log_every` steps (loss logging and the finiteness check).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .backbones import load_encoder, load_tokenizer
+from .config import STAGES, RunConfig, config_hash
+from .data import corpus_path, load_corpus, load_stsb, tokenize_corpus
+from .errors import ConfigError, JtcseError
+from .evaluate import SumEncoder, TowerEncoder, stsb_dev_score
+from .losses import cross_nt_xent, distillation_kl, nt_xent, tensor_modulus_loss
+from .model import TwinTower
+from .provenance import provenance
+
+TWIN_STAGES = ("tncse", "jtcse")
+
+
+class TrainingDiverged(JtcseError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    stage: str
+    out_dir: Path
+    best_dir: Path
+    best_step: int
+    best_dev: float
+    steps: int
+    wall_seconds: float
+
+
+# ---------------------------------------------------------------- small helpers
+
+def _atomic_dir_swap(tmp: Path, final: Path) -> None:
+    """Replace `final` by the fully written `tmp`; at every instant one complete version exists on disk."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf8")
+    tmp.replace(path)
+
+
+def _dropout_kwargs(p: float | None) -> dict:
+    return {} if p is None else {"hidden_dropout_prob": p, "attention_probs_dropout_prob": p}
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class Trainer:
+    """Train one stage; `run()` resumes from `out_dir/checkpoint` when it exists.
+
+    Args:
+        config: the resolved run configuration.
+        stage: simcse | tncse | jtcse | distill.
+        out_dir: where checkpoints, metrics and the best model go.
+        init: simcse/distill: the encoder to start from (default: config.backbone; distill with
+            distill_init=tower_a: the teacher's tower A); tncse/jtcse: (tower A, tower B) folders,
+            default: both from config.backbone.
+        tower: simcse only, "a" or "b": which learning rate and seed of stage 1 to use.
+        teacher: distill only: a twin folder (tower_a/, tower_b/).
+        cache_dir: where the tokenised corpus is cached (default: out_dir/../cache).
+    """
+
+    def __init__(self, config: RunConfig, stage: str, out_dir, init=None, tower: str = "a", teacher=None,
+                 data_dir=None, cache_dir=None, device=None, progress: bool = True):
+        if stage not in STAGES:
+            raise ConfigError(f"unknown stage {stage!r}", f"use one of {', '.join(STAGES)}")
+        if stage == "distill" and teacher is None:
+            raise ConfigError("the distill stage needs a teacher", "pass --teacher DIR (a trained twin folder)")
+        if tower not in ("a", "b"):
+            raise ConfigError(f"unknown tower {tower!r}", "use a or b")
+        self.config, self.stage, self.tower = config, stage, tower
+        self.out_dir = Path(out_dir)
+        self.data_dir = data_dir
+        self.cache_dir = Path(cache_dir) if cache_dir else self.out_dir.parent / "cache"
+        self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.progress = progress
+        self.seed = config.seed + (config.seed_b_offset if stage == "simcse" and tower == "b" else 0)
+        self.lr = config.stage_lr(stage, tower)
+        self.teacher_dir = Path(teacher) if teacher is not None else None
+        self.init = init
+        self._setup_precision()
+
+    # ---------------------------------------------------------------- construction
+
+    def _setup_precision(self) -> None:
+        p = self.config.precision
+        if self.device.type != "cuda":
+            if p in ("bf16", "fp16"):
+                raise ConfigError(f"precision={p} is for CUDA only and this run is on {self.device}",
+                                  "use precision=auto or fp32 on CPU")
+            self.amp_dtype = None
+        elif p == "fp32":
+            self.amp_dtype = None
+        elif p == "bf16" or (p == "auto" and torch.cuda.is_bf16_supported()):
+            self.amp_dtype = torch.bfloat16
+        else:
+            self.amp_dtype = torch.float16
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+    def _build_model(self) -> None:
+        cfg, drop = self.config, _dropout_kwargs(self.config.dropout)
+        torch.manual_seed(self.seed)
+        if self.stage == "simcse":
+            source = self.init or cfg.backbone
+            self.model = load_encoder(source, **drop)
+            self.tokenizer = load_tokenizer(source)
+        elif self.stage in TWIN_STAGES:
+            src_a, src_b = self.init if self.init else (cfg.backbone, cfg.backbone)
+            layers = cfg.cross_attention_layers if self.stage == "jtcse" else 0
+            self.model = TwinTower(load_encoder(src_a, **drop), load_encoder(src_b, **drop), layers)
+            self.tokenizer = load_tokenizer(src_a)
+            if cfg.w_modulus > 0 and cfg.modulus_variant == "official" and self.model.tower_a.pooler is None:
+                raise ConfigError("modulus_variant=official needs pooler outputs and this backbone has no pooler",
+                                  "set modulus_variant=paper")
+        else:  # distill
+            teacher = self.teacher_dir
+            if not ((teacher / "tower_a" / "config.json").is_file() and (teacher / "tower_b" / "config.json").is_file()):
+                raise ConfigError(f"teacher folder {teacher} does not hold tower_a/ and tower_b/",
+                                  "pass the best/ folder of a tncse or jtcse run")
+            source = self.init or (teacher / "tower_a" if cfg.distill_init == "tower_a" else cfg.backbone)
+            self.model = load_encoder(source, **drop)
+            self.tokenizer = load_tokenizer(teacher / "tower_a")
+            self.teacher = TwinTower(load_encoder(teacher / "tower_a"), load_encoder(teacher / "tower_b"), 0)
+            self.teacher.to(self.device).eval().requires_grad_(False)
+        self.model.to(self.device)
+
+    def _build_data(self) -> None:
+        cfg = self.config
+        ds = load_corpus(cfg.corpus, self.data_dir, cache_dir=self.cache_dir / "datasets", limit=cfg.corpus_limit)
+        key = config_hash({"corpus": str(corpus_path(cfg.corpus, self.data_dir)), "limit": cfg.corpus_limit,
+                           "n": len(ds), "vocab": self.tokenizer.vocab_size, "tokenizer": type(self.tokenizer).__name__,
+                           "special": self.tokenizer.all_special_ids, "max_length": cfg.max_length})
+        tok = tokenize_corpus(ds, self.tokenizer, cfg.max_length, cache_file=self.cache_dir / "tokenized" / f"{key}.arrow")
+        self.sentences: list[list[int]] = tok["input_ids"]
+        lengths = tok["n_tokens_untruncated"]
+        self.n_truncated = sum(n > cfg.max_length for n in lengths)
+        self.steps_per_epoch = len(self.sentences) // cfg.batch_size
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"batch_size={cfg.batch_size} is larger than the corpus ({len(self.sentences)} sentences)",
+                              f"set batch_size to at most {len(self.sentences)}, or use a larger corpus")
+        updates_per_epoch = max(1, self.steps_per_epoch // cfg.grad_accum)
+        self.total_steps = cfg.max_steps or cfg.epochs * updates_per_epoch
+        self.uses_token_types = "token_type_ids" in self.tokenizer.model_input_names
+        self.pad_id = self.tokenizer.pad_token_id
+        self.dev_pairs = load_stsb("dev", self.data_dir).head(cfg.dev_pairs)
+
+    def _build_optimizer(self) -> None:
+        cfg = self.config
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=cfg.weight_decay)
+        warmup = int(cfg.warmup_ratio * self.total_steps)
+        total = self.total_steps
+
+        def factor(step: int) -> float:  # lr multiplier: linear warm-up, then constant or linear decay to 0
+            if step < warmup:
+                return (step + 1) / warmup
+            if cfg.scheduler == "linear":
+                return max(0.0, (total - step) / max(1, total - warmup))
+            return 1.0
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+
+    # ---------------------------------------------------------------- data
+
+    def _batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
+        """Batch `index` of epoch `epoch` as 2B rows (view 1 = rows [0, B), view 2 = rows [B, 2B))."""
+        B = self.config.batch_size
+        if getattr(self, "_perm_epoch", None) != epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(len(self.sentences), generator=g), epoch
+        rows = [self.sentences[i] for i in self._perm[index * B:(index + 1) * B].tolist()]
+        L = max(len(r) for r in rows)
+        ids = torch.full((B, L), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((B, L), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = torch.tensor(r)
+            mask[i, :len(r)] = 1
+        batch = {"input_ids": ids.repeat(2, 1), "attention_mask": mask.repeat(2, 1)}  # (2B, L)
+        if self.uses_token_types:
+            batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    # ---------------------------------------------------------------- losses
+
+    def _loss(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg, T = self.config, self.config.temperature
+        B = batch["input_ids"].shape[0] // 2
+        terms: dict[str, torch.Tensor] = {}
+        if self.stage in ("simcse", "distill"):
+            cls = self.model(**batch).last_hidden_state[:, 0]  # (2B, H)
+            terms["nce"] = nt_xent(cls[:B], cls[B:], T)
+            loss = terms["nce"]
+            if self.stage == "distill" and cfg.distill_alpha > 0:
+                with torch.no_grad():
+                    first = {k: v[:B] for k, v in batch.items()}
+                    out = self.teacher(**first, with_cross=False)
+                    teacher = out.cls_a + out.cls_b  # (B, H): the twin at inference
+                terms["distill"] = distillation_kl(cls[:B], teacher, cfg.distill_temperature_student,
+                                                   cfg.distill_temperature_teacher)
+                loss = loss + cfg.distill_alpha * terms["distill"]
+            return loss, terms
+
+        with_cross = self.stage == "jtcse" and cfg.w_cross_attention > 0
+        out = self.model(**batch, with_cross=with_cross)
+        a1, a2, b1, b2 = out.cls_a[:B], out.cls_a[B:], out.cls_b[:B], out.cls_b[B:]  # each (B, H)
+        loss = torch.zeros((), device=self.device)
+        if cfg.w_nce > 0:
+            terms["nce_a"], terms["nce_b"] = nt_xent(a1, a2, T), nt_xent(b1, b2, T)
+            loss = loss + cfg.w_nce * (terms["nce_a"] + terms["nce_b"])
+        # ICNCE direction: drawn per step for JTCSE (CPU generator: no device sync), fixed A->B for TNCSE
+        b_to_a = self.stage == "jtcse" and bool(torch.randint(2, (1,), generator=self.direction_gen))
+        if cfg.w_cross_cls > 0:
+            x, y = ((b1, b2), (a1, a2)) if b_to_a else ((a1, a2), (b1, b2))
+            terms["cross_cls"] = cross_nt_xent(*x, *y, temperature=T)
+            loss = loss + cfg.w_cross_cls * terms["cross_cls"]
+        if with_cross:
+            ca, cb = (out.cross_a[:B], out.cross_a[B:]), (out.cross_b[:B], out.cross_b[B:])
+            x, y = (cb, ca) if b_to_a else (ca, cb)
+            terms["cross_attention"] = cross_nt_xent(*x, *y, temperature=T)
+            loss = loss + cfg.w_cross_attention * terms["cross_attention"]
+        if cfg.w_modulus > 0:
+            pa = (out.pooled_a[:B], out.pooled_a[B:]) if out.pooled_a is not None else (None, None)
+            pb = (out.pooled_b[:B], out.pooled_b[B:]) if out.pooled_b is not None else (None, None)
+            v = cfg.modulus_variant
+            terms["modulus"] = (tensor_modulus_loss(a1, b2, pa[0], pb[1], variant=v)  # ICTM(A, B)
+                                + tensor_modulus_loss(b1, a2, pb[0], pa[1], variant=v))  # ICTM(B, A)
+            loss = loss + cfg.w_modulus * terms["modulus"]
+        if not terms:
+            raise ConfigError("every loss weight of this stage is 0", "set at least one of w_nce, w_cross_cls, "
+                              "w_cross_attention, w_modulus above 0")
+        return loss, terms
+
+    # ---------------------------------------------------------------- evaluation and saving
+
+    def _encoder(self):
+        cfg = self.config
+        kw = dict(pooling="cls", batch_size=cfg.eval_batch_size, max_length=cfg.eval_max_length, progress=False)
+        if self.stage in TWIN_STAGES:
+            return SumEncoder([TowerEncoder(t, self.tokenizer, **kw) for t in self.model.towers()])
+        return TowerEncoder(self.model, self.tokenizer, **kw)
+
+    def dev_score(self) -> float:
+        return stsb_dev_score(self._encoder(), pairs=self.dev_pairs)
+
+    def _save_model(self, final: Path) -> None:
+        tmp = final.with_name(final.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        if self.stage in TWIN_STAGES:
+            self.model.save_pretrained(tmp)
+            for name in ("tower_a", "tower_b"):
+                self.tokenizer.save_pretrained(tmp / name)
+        else:
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+        _atomic_dir_swap(tmp, final)
+
+    def _save_checkpoint(self) -> None:
+        from safetensors.torch import save_file
+
+        final = self.out_dir / "checkpoint"
+        tmp = self.out_dir / "checkpoint.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()},
+                  str(tmp / "model.safetensors"))
+        torch.save({
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": _rng_state(self.device),
+            "direction_gen": self.direction_gen.get_state(),
+            "step": self.step, "epoch": self.epoch, "index": self.index,
+            "best_dev": self.best_dev, "best_step": self.best_step,
+            "elapsed": self.elapsed(),
+        }, tmp / "trainer_state.pt")
+        _atomic_dir_swap(tmp, final)
+
+    def _load_checkpoint(self) -> bool:
+        from safetensors.torch import load_file
+
+        ckpt = self.out_dir / "checkpoint"
+        if not (ckpt / "trainer_state.pt").is_file():
+            old = self.out_dir / "checkpoint.old"  # killed between the two renames of a swap
+            if not (old / "trainer_state.pt").is_file():
+                return False
+            ckpt = old
+        self.model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(self.device)))
+        state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"], self.device)
+        self.direction_gen.set_state(state["direction_gen"])
+        self.step, self.epoch, self.index = state["step"], state["epoch"], state["index"]
+        self.best_dev, self.best_step = state["best_dev"], state["best_step"]
+        self._elapsed_before = state["elapsed"]
+        self._trim_metrics(self.step)
+        return True
+
+    def _trim_metrics(self, step: int) -> None:
+        """Drop metric lines written after the checkpoint we resume from (they will be written again)."""
+        path = self.out_dir / "metrics.jsonl"
+        if path.is_file():
+            keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+            path.write_text("".join(line + "\n" for line in keep))
+
+    def _log(self, record: dict) -> None:
+        with open(self.out_dir / "metrics.jsonl", "a", encoding="utf8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def elapsed(self) -> float:
+        return self._elapsed_before + time.perf_counter() - self._start
+
+    # ---------------------------------------------------------------- the loop
+
+    def run(self) -> TrainResult:
+        cfg = self.config
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._build_model()
+        self._build_data()
+        self._build_optimizer()
+        self.direction_gen = torch.Generator().manual_seed(self.seed + 7)
+        self.step = self.epoch = self.index = 0
+        self.best_dev, self.best_step = -math.inf, -1
+        self._elapsed_before, self._start = 0.0, time.perf_counter()
+        resumed = self._load_checkpoint()
+        if not resumed:
+            torch.manual_seed(self.seed)
+            (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
+        _write_json(self.out_dir / "config.json", {"stage": self.stage, "tower": self.tower, "seed": self.seed,
+                                                    "lr": self.lr, "init": str(self.init), "config": cfg.to_dict(),
+                                                    "teacher": str(self.teacher_dir)})
+        if self.n_truncated:
+            tqdm.write(f"[{self.stage}] {self.n_truncated} of {len(self.sentences)} training sentences are longer "
+                       f"than max_length={cfg.max_length} tokens and were truncated")
+        if resumed:
+            tqdm.write(f"[{self.stage}] resuming from step {self.step} of {self.total_steps}")
+
+        self.model.train()
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.stage, unit="step", disable=not self.progress,
+                   dynamic_ncols=True)
+        sums: dict[str, torch.Tensor] = {}
+        n_logged, last_loss = 0, "-"
+        while self.step < self.total_steps:
+            for _ in range(cfg.grad_accum):
+                if self.index >= self.steps_per_epoch:
+                    self.epoch, self.index = self.epoch + 1, 0
+                batch = self._batch(self.epoch, self.index)
+                self.index += 1
+                try:
+                    with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                        loss, terms = self._loss(batch)
+                    self.scaler.scale(loss / cfg.grad_accum).backward()
+                except torch.cuda.OutOfMemoryError:
+                    raise JtcseError(f"CUDA ran out of memory at batch_size={cfg.batch_size}, max_length={cfg.max_length}",
+                                     f"set batch_size={max(1, cfg.batch_size // 2)} grad_accum={cfg.grad_accum * 2} "
+                                     "(same effective batch) or a smaller max_length") from None
+                for name, value in {"loss": loss, **terms}.items():
+                    sums[name] = sums.get(name, 0) + value.detach().float() / cfg.grad_accum
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            self.step += 1
+            n_logged += 1
+            bar.update(1)
+
+            if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                values = dict(zip(sums, torch.stack(list(sums.values())).div(n_logged).tolist()))  # one sync
+                if not all(math.isfinite(v) for v in values.values()):
+                    bad = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
+                    raise TrainingDiverged(
+                        f"the loss is not finite at step {self.step} ({bad}); the last good checkpoint is in "
+                        f"{self.out_dir / 'checkpoint'} and the best model in {self.out_dir / 'best'}",
+                        "lower the learning rate, or use precision=fp32 / bf16 instead of fp16")
+                self._log({"step": self.step, "epoch": self.epoch, **values,
+                           "lr": self.scheduler.get_last_lr()[0], "seconds": round(self.elapsed(), 2)})
+                last_loss = f"{values['loss']:.4f}"
+                bar.set_postfix(loss=last_loss, dev=f"{self.best_dev:.2f}")
+                sums, n_logged = {}, 0
+
+            if self.step % cfg.eval_every == 0 or self.step == self.total_steps:
+                dev = self.dev_score()
+                self.model.train()
+                improved = dev > self.best_dev
+                if improved:
+                    self.best_dev, self.best_step = dev, self.step
+                    self._save_model(self.out_dir / "best")
+                self._log({"step": self.step, "stsb_dev": dev, "best_dev": self.best_dev, "improved": improved})
+                bar.set_postfix(loss=last_loss, dev=f"{dev:.2f}", best=f"{self.best_dev:.2f}")
+
+            if self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps:
+                self._save_checkpoint()
+        bar.close()
+
+        result = TrainResult(self.stage, self.out_dir, self.out_dir / "best", self.best_step, self.best_dev,
+                             self.step, self.elapsed())
+        _write_json(self.out_dir / "result.json", {
+            "stage": self.stage, "tower": self.tower, "best_step": self.best_step, "best_stsb_dev": self.best_dev,
+            "steps": self.step, "total_steps": self.total_steps, "wall_seconds": round(result.wall_seconds, 1),
+            "train_sentences": len(self.sentences), "truncated_sentences": self.n_truncated,
+            "config": cfg.to_dict(), **provenance(self.device),
+        })
+        return result

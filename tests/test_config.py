@@ -1,0 +1,56 @@
+import pytest
+
+from jtcse_lib.config import RunConfig, available_profiles, config_hash, load_profile, with_overrides
+from jtcse_lib.errors import ConfigError
+
+
+def test_profiles_load_and_validate():
+    assert {"smoke", "cpu", "paper"} <= set(available_profiles())
+    for name in ("smoke", "cpu", "paper"):
+        cfg = load_profile(name)
+        assert cfg.profile == name
+    paper = load_profile("paper")
+    assert (paper.backbone, paper.batch_size, paper.max_length, paper.lr_joint, paper.cross_attention_layers) == \
+        ("bert-base-uncased", 64, 64, 1.3e-6, 6)
+
+
+def test_overrides_are_parsed_as_yaml():
+    cfg = load_profile("smoke", ["batch_size=8", "cross_attention_layers=[0, 2]", "dropout=null", "lr_joint=2e-5",
+                                 "modulus_variant=paper"])
+    assert cfg.batch_size == 8 and cfg.cross_attention_layers == [0, 2] and cfg.dropout is None
+    assert cfg.lr_joint == 2e-5 and cfg.modulus_variant == "paper"
+    assert with_overrides(cfg, {"w_modulus": 0}).w_modulus == 0.0
+
+
+def test_unknown_profile_lists_the_known_ones():
+    with pytest.raises(ConfigError, match=r"unknown profile 'gpu'.*use one of .*cpu.*paper.*smoke"):
+        load_profile("gpu")
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) batchsize"):
+        load_profile("smoke", ["batchsize=3"])
+    with pytest.raises(ConfigError, match="is not key=value"):
+        load_profile("smoke", ["batch_size"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("batch_size=0", "'batch_size': must be a positive integer"),
+    ("lr_joint=-1", "'lr_joint': must be a positive number"),
+    ("w_modulus=-0.5", "'w_modulus': must be a number >= 0"),
+    ("modulus_variant=both", "unknown variant 'both'"),
+    ("precision=fp8", "unknown precision 'fp8'"),
+    ("cross_attention_layers=-2", "'cross_attention_layers': must be a count >= 0"),
+    ("dropout=1.5", "'dropout': must be in"),
+    ("dev_pairs=3", "'dev_pairs': must be 10 or more"),
+])
+def test_impossible_values_are_rejected(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_profile("smoke", [override])
+
+
+def test_hash_is_stable_and_sensitive():
+    a, b = RunConfig(), RunConfig()
+    assert config_hash(a) == config_hash(b)
+    assert config_hash(a) != config_hash(with_overrides(a, {"seed": 1}))
+    assert config_hash(a, ["backbone"]) == config_hash(with_overrides(a, {"seed": 1}), ["backbone"])

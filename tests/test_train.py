@@ -1,0 +1,142 @@
+"""The training loop on a tiny random BERT (fast) with the real corpus and STS-B dev."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from jtcse_lib import train as train_mod
+from jtcse_lib.config import load_profile
+from jtcse_lib.errors import ConfigError
+from jtcse_lib.train import Trainer, TrainingDiverged
+
+
+@pytest.fixture
+def cfg(tiny_model_dir):
+    return load_profile("smoke", [f"backbone={tiny_model_dir}", "corpus_limit=64", "batch_size=8", "max_steps=6",
+                                  "max_length=16", "eval_every=3", "checkpoint_every=2", "log_every=1",
+                                  "dev_pairs=40", "cross_attention_layers=1"])
+
+
+def metrics(path):
+    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+def run(cfg, stage, out, **kw):
+    return Trainer(cfg, stage, out, data_dir=kw.pop("data_dir"), progress=False, **kw).run()
+
+
+@pytest.mark.parametrize("stage, terms", [
+    ("simcse", {"nce"}),
+    ("tncse", {"nce_a", "nce_b", "cross_cls", "modulus"}),
+    ("jtcse", {"nce_a", "nce_b", "cross_cls", "cross_attention", "modulus"}),
+])
+def test_stage_runs_logs_terms_and_saves_best(cfg, stage, terms, tmp_path, real_data):
+    result = run(cfg, stage, tmp_path / stage, data_dir=real_data)
+    rows = metrics(tmp_path / stage)
+    train_rows = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train_rows] == [1, 2, 3, 4, 5, 6]
+    assert set(train_rows[0]) >= terms | {"loss", "lr"} and not (set(train_rows[0]) & ({
+        "nce", "nce_a", "nce_b", "cross_cls", "cross_attention", "modulus"} - terms))
+    # the logged total is the weighted sum of the logged terms (all weights 1)
+    assert train_rows[0]["loss"] == pytest.approx(sum(train_rows[0][t] for t in terms), rel=1e-5)
+    dev = [r for r in rows if "stsb_dev" in r]
+    assert [r["step"] for r in dev] == [3, 6]
+    assert result.best_dev == max(r["stsb_dev"] for r in dev)
+    best = tmp_path / stage / "best"
+    assert (best / "config.json").is_file() if stage == "simcse" else (best / "tower_b" / "tokenizer.json").is_file()
+    summary = json.loads((tmp_path / stage / "result.json").read_text())
+    assert summary["steps"] == 6 and summary["best_stsb_dev"] == pytest.approx(result.best_dev)
+    assert {"git_commit", "device", "versions", "config"} <= set(summary)
+
+
+def test_zero_weights_switch_terms_off(cfg, tmp_path, real_data):
+    cfg = cfg.replace(w_modulus=0, w_cross_cls=0, max_steps=2, eval_every=2)
+    run(cfg, "jtcse", tmp_path / "j", data_dir=real_data)
+    row = metrics(tmp_path / "j")[0]
+    assert "modulus" not in row and "cross_cls" not in row and "cross_attention" in row
+
+
+def test_resume_gives_the_uninterrupted_run(cfg, tmp_path, real_data, monkeypatch):
+    """Interrupt after the checkpoint at step 4, resume with a new Trainer: same losses, same weights."""
+    run(cfg, "jtcse", tmp_path / "full", data_dir=real_data)
+
+    original = Trainer._save_checkpoint
+
+    def save_then_die(self):
+        original(self)
+        if self.step == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, "jtcse", tmp_path / "cut", data_dir=real_data)
+    monkeypatch.setattr(Trainer, "_save_checkpoint", original)
+    assert not (tmp_path / "cut" / "result.json").exists()
+    run(cfg, "jtcse", tmp_path / "cut", data_dir=real_data)
+
+    def losses(path):
+        return [(r["step"], r["loss"], r["cross_cls"]) for r in metrics(path) if "loss" in r]
+
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+    a = load_file(str(tmp_path / "full" / "checkpoint" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "checkpoint" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_same_seed_same_losses_other_seed_differs(cfg, tmp_path, real_data):
+    cfg = cfg.replace(max_steps=3, eval_every=3)
+    run(cfg, "simcse", tmp_path / "a", data_dir=real_data)
+    run(cfg, "simcse", tmp_path / "b", data_dir=real_data)
+    run(cfg, "simcse", tmp_path / "c", data_dir=real_data, tower="b")  # seed + seed_b_offset
+
+    def losses(p):
+        return [r["loss"] for r in metrics(p) if "loss" in r]
+
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    assert losses(tmp_path / "a") != losses(tmp_path / "c")
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(cfg, tmp_path, real_data, monkeypatch):
+    real_nt_xent = train_mod.nt_xent
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        value = real_nt_xent(*args, **kwargs)
+        return value * float("nan") if calls["n"] > 3 else value
+
+    monkeypatch.setattr(train_mod, "nt_xent", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"not finite at step 4 .*last good checkpoint"):
+        run(cfg, "simcse", tmp_path / "nan", data_dir=real_data)
+    state = torch.load(tmp_path / "nan" / "checkpoint" / "trainer_state.pt", weights_only=True)
+    assert state["step"] == 2
+    weights = load_file(str(tmp_path / "nan" / "checkpoint" / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_batch_larger_than_corpus(cfg, tmp_path, real_data):
+    with pytest.raises(ConfigError, match=r"batch_size=100 is larger than the corpus \(64 sentences\)"):
+        run(cfg.replace(batch_size=100), "simcse", tmp_path / "x", data_dir=real_data)
+
+
+def test_distill_needs_a_twin_teacher(cfg, tmp_path, real_data):
+    with pytest.raises(ConfigError, match="needs a teacher"):
+        Trainer(cfg, "distill", tmp_path / "d")
+    with pytest.raises(ConfigError, match="does not hold tower_a/ and tower_b/"):
+        run(cfg, "distill", tmp_path / "d", data_dir=real_data, teacher=tmp_path)
+
+
+def test_distill_from_a_twin(cfg, tmp_path, real_data):
+    cfg = cfg.replace(max_steps=2, eval_every=2)
+    run(cfg, "tncse", tmp_path / "twin", data_dir=real_data)
+    run(cfg, "distill", tmp_path / "d", data_dir=real_data, teacher=tmp_path / "twin" / "best")
+    row = metrics(tmp_path / "d")[0]
+    assert row["loss"] == pytest.approx(row["nce"] + row["distill"], rel=1e-5)
+    assert (tmp_path / "d" / "best" / "model.safetensors").is_file()
+
+
+def test_cpu_rejects_mixed_precision(cfg, tmp_path):
+    with pytest.raises(ConfigError, match="for CUDA only"):
+        Trainer(cfg.replace(precision="bf16"), "simcse", tmp_path, device="cpu")
