@@ -1,4 +1,4 @@
-"""Command line: `python -m jtcse_lib {evaluate,train,download-data} ...` (see `--help` of each).
+"""Command line: `python -m jtcse_lib {evaluate,train,export,pipeline,download-data} ...` (see `--help` of each).
 
 Errors the user can fix print one line on stderr (cause and fix) and exit with status 2; `--debug` shows
 the traceback instead.
@@ -88,6 +88,56 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _card_from_run(model: Path) -> dict:
+    """What a model card can state about a trained model: read from its run folder (result.json, sts_*.json)."""
+    run = model.parent
+    card: dict = {}
+    result = run / "result.json"
+    if result.is_file():
+        info = json.loads(result.read_text())
+        cfg = info.get("config", {})
+        stage = {"simcse": "SimCSE", "tncse": "TNCSE", "jtcse": "JTCSE", "distill": "JTCSE-D"}.get(info.get("stage"))
+        card.update(method=stage, backbone=cfg.get("backbone"), profile=cfg.get("profile"), seed=cfg.get("seed"),
+                    training_data=f"{cfg.get('corpus')} ({info.get('train_sentences')} sentences)",
+                    git_commit=info.get("git_commit"), created=info.get("created"),
+                    notes=f"Selected on STS-B dev: {info.get('best_stsb_dev', float('nan')):.2f} at step {info.get('best_step')}.")
+    scores = sorted(run.glob("sts_cls_*.json"))
+    if scores:
+        sts = json.loads(scores[-1].read_text())
+        card.update(scores=sts["scores"], protocol="SentEval, 'all' for STS12-16, Spearman x 100")
+    return card
+
+
+def cmd_export(args) -> int:
+    from . import export
+
+    model = Path(args.model)
+    twin = _twin_dir(args.model)
+    card = _card_from_run(model) if model.exists() else {}
+    if twin and args.format == "sentence-transformers":
+        out = export.export_twin(twin, args.out, max_seq_length=args.max_seq_length, card=card,
+                                 overwrite=args.overwrite)
+    elif twin:
+        out = Path(args.out)
+        for tower in ("tower_a", "tower_b"):
+            export.export_hf(twin / tower, out / tower, card=card, overwrite=args.overwrite)
+    elif args.format == "sentence-transformers":
+        out = export.export_sentence_transformers(args.model, args.out, pooling=args.pooling,
+                                                  max_seq_length=args.max_seq_length, card=card,
+                                                  overwrite=args.overwrite)
+    else:
+        out = export.export_hf(args.model, args.out, card=card, overwrite=args.overwrite)
+    print(f"exported {args.model} as {args.format}{' (twin)' if twin else ''} to {out}")
+    return 0
+
+
+def cmd_pipeline(args) -> int:
+    from .pipeline import run_pipeline
+
+    run_pipeline(args.profile, start=args.start, only=args.only, overrides=args.set or None)
+    return 0
+
+
 def cmd_download_data(args) -> int:
     from .data import download_data
 
@@ -130,6 +180,23 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data-dir", default=None)
     tr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     tr.set_defaults(func=cmd_train)
+
+    ex = sub.add_parser("export", help="export a trained tower or twin for transformers / sentence-transformers")
+    ex.add_argument("--model", required=True, help="a tower folder (e.g. RUN/best) or a twin folder")
+    ex.add_argument("--format", choices=("hf", "sentence-transformers"), default="sentence-transformers")
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--pooling", choices=("cls", "mean"), default="cls", help="sentence-transformers pooling")
+    ex.add_argument("--max-seq-length", type=int, default=None,
+                    help="sentence-transformers truncation (default: the tokenizer's limit, as our evaluation)")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    ex.set_defaults(func=cmd_export)
+
+    pl = sub.add_parser("pipeline", help="run the notebooks 01..06 in order with papermill")
+    pl.add_argument("--profile", default="cpu", help="params/<profile>.yaml (smoke, cpu, paper)")
+    pl.add_argument("--from", dest="start", default=None, metavar="NN", help="start at notebook NN")
+    pl.add_argument("--only", nargs="+", default=None, metavar="NN", help="run only these notebooks")
+    pl.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys")
+    pl.set_defaults(func=cmd_pipeline)
 
     dl = sub.add_parser("download-data", help="fetch SentEval and Wiki1M from the Hugging Face Hub")
     dl.add_argument("--dest", default="data")

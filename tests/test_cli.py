@@ -57,3 +57,25 @@ def test_debug_shows_the_traceback(tmp_path):
 
     with pytest.raises(ModelError):
         main(["--debug", "evaluate", "--model", str(tmp_path)])
+
+
+def test_export_cli_tower_and_twin(tiny_model_dir, tmp_path, capsys):
+    import shutil
+
+    from sentence_transformers import SentenceTransformer
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model_dir, run / "best")
+    (run / "result.json").write_text(json.dumps({"stage": "distill", "best_stsb_dev": 12.5, "best_step": 3,
+                                                 "config": {"backbone": "tiny", "profile": "smoke"}}))
+    out = tmp_path / "st"
+    assert main(["export", "--model", str(run / "best"), "--out", str(out)]) == 0
+    assert "JTCSE-D" in (out / "README.md").read_text() and "12.50" in (out / "README.md").read_text()
+    assert SentenceTransformer(str(out), device="cpu").encode(["a b c"]).shape == (1, 32)
+    assert main(["export", "--model", str(run / "best"), "--out", str(out)]) == 2  # exists: refused
+    assert "overwrite" in capsys.readouterr().err.lower()
+    twin = tmp_path / "twin"
+    shutil.copytree(tiny_model_dir, twin / "tower_a")
+    shutil.copytree(tiny_model_dir, twin / "tower_b")
+    assert main(["export", "--model", str(twin), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "tower_b" / "config.json").is_file()
