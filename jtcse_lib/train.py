@@ -163,7 +163,10 @@ class Trainer:
         elif self.stage in TWIN_STAGES:
             src_a, src_b = self.init if self.init else (cfg.backbone, cfg.backbone)
             layers = cfg.cross_attention_layers if self.stage == "jtcse" else 0
-            self.model = TwinTower(load_encoder(src_a, **drop), load_encoder(src_b, **drop), layers)
+            try:
+                self.model = TwinTower(load_encoder(src_a, **drop), load_encoder(src_b, **drop), layers)
+            except ValueError as e:  # e.g. a cross-attention count that does not divide the depth
+                raise ConfigError(str(e), "change cross_attention_layers (or the towers) as the message says") from None
             self.tokenizer = load_tokenizer(src_a)
             if cfg.w_modulus > 0 and cfg.modulus_variant == "official" and self.model.tower_a.pooler is None:
                 raise ConfigError("modulus_variant=official needs pooler outputs and this backbone has no pooler",
@@ -300,22 +303,37 @@ class Trainer:
 
     def _save_model(self, final: Path) -> None:
         tmp = final.with_name(final.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        if self.stage in TWIN_STAGES:
-            self.model.save_pretrained(tmp)
-            for name in ("tower_a", "tower_b"):
-                self.tokenizer.save_pretrained(tmp / name)
-        else:
-            self.model.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
+        try:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            if self.stage in TWIN_STAGES:
+                self.model.save_pretrained(tmp)
+                for name in ("tower_a", "tower_b"):
+                    self.tokenizer.save_pretrained(tmp / name)
+            else:
+                self.model.save_pretrained(tmp)
+                self.tokenizer.save_pretrained(tmp)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise JtcseError(f"could not write the best model of step {self.step} to {tmp} ({e.strerror or e}); the "
+                             f"previous best model in {final} is intact",
+                             "free disk space and run the same command again to resume") from None
         _atomic_dir_swap(tmp, final)
 
     def _save_checkpoint(self) -> None:
+        final, tmp = self.out_dir / "checkpoint", self.out_dir / "checkpoint.tmp"
+        try:
+            self._write_checkpoint(tmp)
+        except OSError as e:  # disk full, quota, permissions: the previous checkpoint was not touched
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise JtcseError(f"could not write the checkpoint of step {self.step} to {tmp} ({e.strerror or e}); the "
+                             f"previous checkpoint in {final} is intact",
+                             "free disk space (or fix permissions) and run the same command again to resume") from None
+        _atomic_dir_swap(tmp, final)
+
+    def _write_checkpoint(self, tmp: Path) -> None:
         from safetensors.torch import save_file
 
-        final = self.out_dir / "checkpoint"
-        tmp = self.out_dir / "checkpoint.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
@@ -331,7 +349,6 @@ class Trainer:
             "best_dev": self.best_dev, "best_step": self.best_step,
             "elapsed": self.elapsed(),
         }, tmp / "trainer_state.pt")
-        _atomic_dir_swap(tmp, final)
 
     def _load_checkpoint(self) -> bool:
         from safetensors.torch import load_file
@@ -353,6 +370,9 @@ class Trainer:
         self.best_dev, self.best_step = state["best_dev"], state["best_step"]
         self._elapsed_before = state["elapsed"]
         self._trim_metrics(self.step)
+        best, old = self.out_dir / "best", self.out_dir / "best.old"
+        if not best.exists() and old.exists():  # killed between the two renames of a best-model swap
+            old.rename(best)
         return True
 
     def _trim_metrics(self, step: int) -> None:

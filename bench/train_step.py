@@ -1,0 +1,153 @@
+"""Training-step cost of the stages: seconds per optimizer step and peak memory, as ratios in one run.
+
+    python bench/train_step.py                      # cpu profile settings, MiniLM, on CPU
+    python bench/train_step.py --bert-base --device cuda --batch-size 64 --max-length 64   # the paper's setting
+
+Each stage (simcse, tncse, jtcse) runs in its own subprocess so that its peak resident memory (CPU) or peak
+allocated memory (CUDA) is its own. Batches are synthetic: `batch_size` sentences of exactly `max_length` tokens
+(the worst case of the profile), two dropout views each, the real model, losses and AdamW step.
+`--bert-base` builds a randomly initialised BERT-base-sized twin from a config (no download): its cost is the
+paper setting's cost (weights do not change the step time). Reported: median seconds per step over `--steps`
+after `--warmup` steps, the ratios tncse / (2 x simcse) and jtcse / (2 x simcse), and peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def measure(args) -> dict:
+    import torch
+
+    from jtcse_lib.config import load_profile
+    from jtcse_lib.train import Trainer
+
+    overrides = [f"batch_size={args.batch_size}", f"max_length={args.max_length}"] if args.batch_size else []
+    if args.backbone:
+        overrides.append(f"backbone={args.backbone}")
+    if args.cross_layers is not None:
+        overrides.append(f"cross_attention_layers={args.cross_layers}")
+    cfg = load_profile(args.profile, overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, args.stage, tmp, device=args.device, progress=False)
+        trainer._build_model()
+        trainer.direction_gen = torch.Generator().manual_seed(0)
+        model = trainer.model.train()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        device = trainer.device
+        B, L = cfg.batch_size, cfg.max_length
+        ids = torch.randint(1000, 20000, (B, L))
+        ids[:, 0], ids[:, -1] = trainer.tokenizer.cls_token_id or 0, trainer.tokenizer.sep_token_id or 2
+        batch = {"input_ids": ids.repeat(2, 1).to(device), "attention_mask": torch.ones(2 * B, L, dtype=torch.long,
+                                                                                         device=device)}
+        if "token_type_ids" in trainer.tokenizer.model_input_names:
+            batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        times = []
+        for i in range(args.warmup + args.steps):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            with torch.autocast(device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None):
+                loss, _ = trainer._loss(batch)
+            trainer.scaler.scale(loss).backward()
+            trainer.scaler.step(optimizer)
+            trainer.scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= args.warmup:
+                times.append(time.perf_counter() - start)
+        out = {"stage": args.stage, "seconds_per_step": statistics.median(times), "batch_size": B, "max_length": L,
+               "device": str(device), "precision": str(trainer.amp_dtype or "fp32"),
+               "cross_layers": getattr(model, "cross_layers", None),
+               "parameters": sum(p.numel() for p in model.parameters()),
+               "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+        if device.type == "cuda":
+            out["peak_cuda_allocated_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+        return out
+
+
+def bert_base_folder(folder: Path) -> str:
+    """A randomly initialised BERT-base (bert-base-uncased's config) with the same uncased vocabulary."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from jtcse_lib.backbones import load_tokenizer
+
+    torch.manual_seed(0)
+    BertModel(BertConfig()).save_pretrained(folder)
+    load_tokenizer("minilm").save_pretrained(folder)  # the same 30522-token uncased BERT vocabulary
+    return str(folder)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--stages", nargs="+", default=["simcse", "tncse", "jtcse"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the profile's")
+    parser.add_argument("--max-length", type=int, default=None, help="default: the profile's")
+    parser.add_argument("--cross-layers", default=None, help="cross_attention_layers (default: the profile's)")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--bert-base", action="store_true", help="random BERT-base twin (the paper's size)")
+    parser.add_argument("--backbone", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--stage", default=None, help=argparse.SUPPRESS)  # internal: one measurement
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args()
+
+    if args.stage:  # child process: measure one stage, print JSON
+        print(json.dumps(measure(args)))
+        return
+    if args.batch_size is None or args.max_length is None:
+        from jtcse_lib.config import load_profile
+
+        cfg = load_profile(args.profile)
+        args.batch_size = args.batch_size or cfg.batch_size
+        args.max_length = args.max_length or cfg.max_length
+    with tempfile.TemporaryDirectory() as tmp:
+        backbone = bert_base_folder(Path(tmp) / "bert-base-random") if args.bert_base else None
+        rows = []
+        for stage in args.stages:
+            cmd = [sys.executable, __file__, "--stage", stage, "--profile", args.profile, "--device", args.device,
+                   "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
+                   "--steps", str(args.steps), "--warmup", str(args.warmup)]
+            if backbone:
+                cmd += ["--backbone", backbone]
+            if args.cross_layers is not None:
+                cmd += ["--cross-layers", str(args.cross_layers)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                sys.exit(f"{stage} failed:\n{proc.stderr[-3000:]}")
+            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    first = rows[0]
+    print(f"backbone: {'random BERT-base' if args.bert_base else args.profile + ' profile backbone'}, "
+          f"batch {first['batch_size']} x 2 views x {first['max_length']} tokens, device {first['device']}, "
+          f"precision {first['precision']}, median of {args.steps} steps after {args.warmup} warm-up")
+    mem_key = "peak_cuda_allocated_gb" if "peak_cuda_allocated_gb" in first else "peak_rss_gb"
+    print(f"{'stage':<8}{'s/step':>9}{'params (M)':>12}{mem_key:>24}  cross layers")
+    for r in rows:
+        print(f"{r['stage']:<8}{r['seconds_per_step']:>9.3f}{r['parameters'] / 1e6:>12.1f}{r[mem_key]:>24.2f}  "
+              f"{r['cross_layers']}")
+    by = {r["stage"]: r["seconds_per_step"] for r in rows}
+    if "simcse" in by:
+        for stage in ("tncse", "jtcse"):
+            if stage in by:
+                print(f"{stage} / (2 x simcse) = {by[stage] / (2 * by['simcse']):.3f}")
+
+
+if __name__ == "__main__":
+    main()

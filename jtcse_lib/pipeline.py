@@ -1,0 +1,81 @@
+"""Running the notebooks in order with papermill for a profile.
+
+`python -m jtcse_lib pipeline --profile cpu [--from 03] [--only 05]` executes `notebooks/NN_*.ipynb` with the
+parameter `profile` (the notebook loads `params/<profile>.yaml` through `jtcse_lib.config`), writes the executed
+copies to `runs/<profile>/notebooks/`, prints a line per notebook, and stops at the first failing notebook
+naming the cell. Trained models are shared through the run cache (`jtcse_lib.runs`), so nothing trains twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .errors import JtcseError
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+class NotebookFailed(JtcseError):
+    """A notebook of the pipeline raised an error."""
+
+
+def notebooks(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
+    return sorted(p for p in Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb"))
+
+
+def select(paths: list[Path], start: str | None = None, only: list[str] | None = None) -> list[Path]:
+    """Notebooks from number `start` on, or exactly the numbers in `only` ("03" or "3")."""
+    def number(p: Path) -> int:
+        return int(p.name[:2])
+
+    known = ", ".join(p.name[:2] for p in paths)
+    wanted = [int(x) for x in only] if only else None
+    if wanted:
+        missing = sorted(set(wanted) - {number(p) for p in paths})
+        if missing:
+            raise JtcseError(f"no notebook numbered {', '.join(f'{m:02d}' for m in missing)}", f"use one of {known}")
+        return [p for p in paths if number(p) in wanted]
+    if start is not None:
+        chosen = [p for p in paths if number(p) >= int(start)]
+        if not chosen:
+            raise JtcseError(f"no notebook from {start} on", f"use one of {known}")
+        return chosen
+    return paths
+
+
+def run_pipeline(profile: str, start: str | None = None, only: list[str] | None = None,
+                 overrides: dict | list[str] | None = None, out_dir: Path | None = None, kernel_name: str | None = None,
+                 notebooks_dir: Path = NOTEBOOKS_DIR) -> dict[str, float]:
+    """Execute the selected notebooks in order; returns {notebook: seconds}. Raises NotebookFailed."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    from .config import load_profile
+    from .runs import runs_root
+
+    load_profile(profile, overrides)  # fail early on an unknown profile or key, before any kernel starts
+    out_dir = Path(out_dir) if out_dir else runs_root() / profile / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chosen = select(notebooks(notebooks_dir), start, only)
+    timings: dict[str, float] = {}
+    total_start = time.perf_counter()
+    for i, nb in enumerate(chosen, start=1):
+        out = out_dir / nb.name
+        print(f"[{i}/{len(chosen)}] {nb.name} (profile {profile}) ...", flush=True)
+        start_time = time.perf_counter()
+        try:
+            papermill.execute_notebook(str(nb), str(out), parameters={"profile": profile, "overrides": overrides or {}},
+                                       cwd=str(nb.parent), kernel_name=kernel_name, progress_bar=False,
+                                       log_output=False)
+        except PapermillExecutionError as e:
+            raise NotebookFailed(f"{nb.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}",
+                                 f"open {out} to see the cell and its traceback; rerun with --only {nb.name[:2]}") from None
+        timings[nb.name] = round(time.perf_counter() - start_time, 1)
+        print(f"[{i}/{len(chosen)}] {nb.name} done in {timings[nb.name]:.0f} s", flush=True)
+    total = time.perf_counter() - total_start
+    print(f"pipeline ({profile}): {len(chosen)} notebook(s) in {total / 60:.1f} min; executed copies in {out_dir}")
+    (out_dir / "timings.json").write_text(json.dumps({"profile": profile, "seconds": timings,
+                                                      "total_seconds": round(total, 1)}, indent=2) + "\n")
+    return timings

@@ -1,0 +1,106 @@
+"""Where results and figures go, the paper's reported numbers, and the tables notebooks 05-06 print.
+
+Paths: the committed embedded default (`cpu`) writes `results/cpu/` and `figures/NN_name.png`; `paper` writes
+`results/paper/` and `figures/paper/`; `smoke` (meaningless numbers) writes under `runs/smoke/` only, so a test
+run never overwrites a committed figure.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .data import STS_TASKS
+from .provenance import provenance
+from .runs import REPO_ROOT, runs_root
+
+COLUMNS = [*STS_TASKS, "avg"]
+SHORT = {"STSBenchmark": "STS-B", "SICKRelatedness": "SICK-R", "avg": "Avg."}
+
+# ../shared/PAPER.md, "Reported STS results" (BERT-base / RoBERTa-base, full Wiki1M; Spearman x 100).
+PAPER_TABLE = pd.DataFrame.from_records([
+    ("unsup-SimCSE-BERT", 68.40, 82.41, 74.38, 80.91, 78.56, 76.85, 72.23, 76.25),
+    ("TNCSE-BERT", 75.52, 83.91, 77.57, 84.97, 80.42, 81.72, 72.97, 79.58),
+    ("JTCSE-BERT (twin)", 74.96, 84.20, 77.79, 84.75, 80.43, 81.87, 73.88, 79.70),
+    ("JTCSE-BERT-D", 75.01, 84.86, 77.76, 84.62, 80.38, 82.05, 74.53, 79.89),
+    ("JTCSE-RoBERTa (twin)", 74.92, 84.79, 76.99, 84.91, 81.58, 82.71, 73.74, 79.95),
+    ("JTCSE-RoBERTa-D", 75.42, 85.36, 77.31, 85.04, 81.72, 82.91, 74.46, 80.32),
+    ("JTCSE-BERT-UC", 75.44, 85.34, 78.75, 85.93, 82.00, 83.21, 73.52, 80.60),
+], columns=["model", *COLUMNS]).set_index("model")
+
+
+def results_dir(profile: str) -> Path:
+    path = runs_root() / "smoke" / "results" if profile == "smoke" else REPO_ROOT / "results" / profile
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def figures_dir(profile: str) -> Path:
+    if profile == "smoke":
+        path = runs_root() / "smoke" / "figures"
+    elif profile == "cpu":
+        path = REPO_ROOT / "figures"
+    else:
+        path = REPO_ROOT / "figures" / profile
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_figure(fig, profile: str, name: str, dpi: int = 160) -> Path:
+    """Save `fig` as PNG (and PDF) under the profile's figures folder; returns the PNG path."""
+    folder = figures_dir(profile)
+    png = folder / f"{name}.png"
+    fig.savefig(png, dpi=dpi, bbox_inches="tight")
+    fig.savefig(folder / f"{name}.pdf", bbox_inches="tight")
+    return png
+
+
+def write_table(df: pd.DataFrame, profile: str, name: str, config: dict | None = None) -> Path:
+    """Write `results/<profile>/<name>.csv` and a `<name>.meta.json` with the config and provenance."""
+    folder = results_dir(profile)
+    path = folder / f"{name}.csv"
+    df.to_csv(path, index=False, float_format="%.4f")
+    meta = {"table": path.name, "profile": profile, "config": config, **provenance()}
+    (folder / f"{name}.meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    return path
+
+
+def score_row(result: dict, **labels) -> dict:
+    """One row of a results table from an `sts_scores` result: labels + the seven scores + avg."""
+    return {**labels, **{c: result["scores"][c] for c in COLUMNS}}
+
+
+def mean_sd(df: pd.DataFrame, by: str = "model") -> pd.DataFrame:
+    """Mean and sample standard deviation over seeds of each score column, one row per `by` value."""
+    grouped = df.groupby(by, sort=False)[COLUMNS]
+    out = grouped.mean()
+    sd = grouped.std(ddof=1).fillna(0.0)
+    out.columns = pd.Index(COLUMNS)
+    return pd.concat({"mean": out, "sd": sd}, axis=1)
+
+
+def format_mean_sd(df: pd.DataFrame, by: str = "model") -> pd.DataFrame:
+    """'mean ± sd' strings (sd omitted when there is one seed) for printing and the README."""
+    counts = df.groupby(by, sort=False).size()
+    stats = mean_sd(df, by)
+    text = {}
+    for model in stats.index:
+        text[model] = {SHORT.get(c, c): (f"{stats.loc[model, ('mean', c)]:.2f}" if counts[model] == 1 else
+                                          f"{stats.loc[model, ('mean', c)]:.2f} ± {stats.loc[model, ('sd', c)]:.2f}")
+                       for c in COLUMNS}
+    out = pd.DataFrame.from_dict(text, orient="index")
+    out.insert(0, "seeds", counts.reindex(out.index).values)
+    return out
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub markdown table (no dependency on `tabulate`)."""
+    cols = [df.index.name or ""] + [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for idx, row in df.iterrows():
+        cells = [f"{v:.2f}" if isinstance(v, (float, np.floating)) else str(v) for v in row.values]
+        lines.append("| " + " | ".join([str(idx), *cells]) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,143 @@
+"""The run cache: "the model of stage X under this config", trained once and reused by every notebook.
+
+A stage's run lives in `runs/<profile>/<stage>-<key>/` where `key` hashes exactly the settings that stage
+(and the stages it starts from) depends on: an ablation that changes the modulus weight retrains the joint
+stage but reuses the two SimCSE encoders. A run counts as complete only when its `DONE` marker exists; the
+marker is written after training has finished and the best model is on disk, so a killed run is resumed
+(from its checkpoint) instead of being used half-trained.
+
+Stages and what they start from (per seed):
+    simcse_a, simcse_b  <- the backbone
+    tncse, jtcse        <- (simcse_a, simcse_b)
+    distill             <- jtcse (the teacher)
+STS test scores are cached beside the model (`sts_<pooling>.json`) so that tables never re-encode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .config import RunConfig, config_hash
+from .errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RUN_STAGES = ("simcse_a", "simcse_b", "tncse", "jtcse", "distill")
+
+# settings every stage's result depends on
+_COMMON = ("backbone", "corpus", "corpus_limit", "max_length", "batch_size", "grad_accum", "epochs", "max_steps",
+           "dropout", "seed", "temperature", "weight_decay", "warmup_ratio", "scheduler", "precision",
+           "eval_every", "dev_pairs", "eval_max_length")
+_OWN = {
+    "simcse_a": ("lr_simcse_a",),
+    "simcse_b": ("lr_simcse_b", "seed_b_offset"),
+    "tncse": ("lr_joint", "w_nce", "w_cross_cls", "w_modulus", "modulus_variant"),
+    "jtcse": ("lr_joint", "w_nce", "w_cross_cls", "w_modulus", "modulus_variant", "cross_attention_layers",
+              "w_cross_attention"),
+    "distill": ("lr_distill", "distill_init", "distill_alpha", "distill_temperature_student",
+                "distill_temperature_teacher"),
+}
+_PARENTS = {"simcse_a": (), "simcse_b": (), "tncse": ("simcse_a", "simcse_b"), "jtcse": ("simcse_a", "simcse_b"),
+            "distill": ("jtcse",)}
+
+
+def runs_root() -> Path:
+    """`$JTCSE_RUNS_DIR`, else `runs/` at the repository root (absolute: notebooks run in notebooks/)."""
+    return Path(os.environ.get("JTCSE_RUNS_DIR", REPO_ROOT / "runs")).resolve()
+
+
+def _check_stage(stage: str) -> None:
+    if stage not in RUN_STAGES:
+        raise ConfigError(f"unknown run stage {stage!r}", f"use one of {', '.join(RUN_STAGES)}")
+
+
+def stage_key(config: RunConfig, stage: str) -> str:
+    """Hash of the settings `stage` depends on, its parents' included."""
+    _check_stage(stage)
+    data = config.to_dict()
+    own = {k: data[k] for k in (*_COMMON, *_OWN[stage])}
+    own["parents"] = [stage_key(config, p) for p in _PARENTS[stage]]
+    return config_hash(own)
+
+
+def run_dir(config: RunConfig, stage: str) -> Path:
+    return runs_root() / config.profile / f"{stage}-{stage_key(config, stage)}"
+
+
+def is_complete(config: RunConfig, stage: str) -> bool:
+    return (run_dir(config, stage) / "DONE").is_file()
+
+
+def model_path(config: RunConfig, stage: str, data_dir=None, progress: bool = True) -> Path:
+    """The best model of `stage` under `config` (a HF folder, or a twin folder), trained first if absent."""
+    from .train import Trainer
+
+    out = run_dir(config, stage)
+    if (out / "DONE").is_file():
+        return out / "best"
+    parents = [model_path(config, p, data_dir, progress) for p in _PARENTS[stage]]
+    kwargs = {}
+    if stage in ("simcse_a", "simcse_b"):
+        trainer_stage, kwargs["tower"] = "simcse", stage[-1]
+    elif stage in ("tncse", "jtcse"):
+        trainer_stage, kwargs["init"] = stage, tuple(parents)
+    else:
+        trainer_stage, kwargs["teacher"] = "distill", parents[0]
+    Trainer(config, trainer_stage, out, data_dir=data_dir, cache_dir=runs_root() / config.profile / "cache",
+            progress=progress, **kwargs).run()
+    if not (out / "best").is_dir():
+        raise RuntimeError(f"training of {stage} finished without a best model in {out}")
+    (out / "DONE").write_text(json.dumps({"stage": stage, "key": stage_key(config, stage)}) + "\n")
+    return out / "best"
+
+
+def metrics(config: RunConfig, stage: str) -> list[dict]:
+    """The metrics.jsonl records of a run (training loss terms and STS-B dev scores)."""
+    path = run_dir(config, stage) / "metrics.jsonl"
+    if not path.is_file():
+        raise ConfigError(f"no metrics for {stage} under this config ({path})", "train it first with model_path()")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def summary(config: RunConfig, stage: str) -> dict:
+    """The run's result.json (best step, best dev score, wall time, provenance)."""
+    return json.loads((run_dir(config, stage) / "result.json").read_text())
+
+
+def is_twin(path: Path) -> bool:
+    return (Path(path) / "tower_a" / "config.json").is_file() and (Path(path) / "tower_b" / "config.json").is_file()
+
+
+def sts_scores(config: RunConfig, stage: str | None, pooling: str = "cls", bootstrap: int = 1000,
+               data_dir=None, progress: bool = True) -> dict:
+    """STS test scores (the `evaluate --out` JSON) of a stage's best model, or of the backbone when stage is
+    None; computed once and cached beside the model. A twin is scored as the sum of its towers."""
+    from .backbones import load_backbone
+    from .evaluate import SumEncoder, TowerEncoder, default_device, evaluate_sts
+    from .provenance import provenance
+
+    if stage is None:
+        folder = runs_root() / config.profile / f"backbone-{config_hash(config.to_dict(), ['backbone', 'eval_max_length'])}"
+        model = config.backbone
+    else:
+        model = model_path(config, stage, data_dir, progress)
+        folder = model.parent
+    cache = folder / f"sts_{pooling}_{config.test_pairs or 'all'}_{bootstrap}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    names = [Path(model) / "tower_a", Path(model) / "tower_b"] if stage and is_twin(model) else [model]
+    encoders = []
+    for name in names:
+        enc, tok = load_backbone(name)
+        encoders.append(TowerEncoder(enc.to(default_device()), tok, pooling, config.eval_batch_size, config.eval_max_length, progress))
+    encoder = encoders[0] if len(encoders) == 1 else SumEncoder(encoders)
+    report = evaluate_sts(encoder, data_dir=data_dir, bootstrap=bootstrap, seed=config.seed,
+                          max_pairs=config.test_pairs)
+    result = {"model": str(model), "stage": stage or "backbone", "pooling": pooling, **report.to_dict(),
+              "test_pairs_per_subset": config.test_pairs, "config": config.to_dict(), **provenance()}
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(cache.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(cache)
+    return result

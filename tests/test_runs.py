@@ -1,0 +1,93 @@
+"""The run cache: keys, reuse across ablations, completeness marker; the pipeline's notebook selection."""
+
+import pytest
+
+from jtcse_lib import pipeline, runs
+from jtcse_lib.config import load_profile
+from jtcse_lib.errors import ConfigError, JtcseError
+
+
+@pytest.fixture
+def cfg(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("JTCSE_RUNS_DIR", str(tmp_path / "runs"))
+    return load_profile("smoke", [f"backbone={tiny_model_dir}", "corpus_limit=32", "batch_size=8", "max_steps=2",
+                                  "max_length=16", "eval_every=2", "checkpoint_every=2", "dev_pairs=20",
+                                  "test_pairs=10", "cross_attention_layers=1"])
+
+
+def test_keys_follow_dependencies(cfg):
+    ablated = cfg.replace(w_modulus=0)
+    for stage in ("simcse_a", "simcse_b"):
+        assert runs.stage_key(cfg, stage) == runs.stage_key(ablated, stage)  # stage 1 is reused
+    assert runs.stage_key(cfg, "jtcse") != runs.stage_key(ablated, "jtcse")
+    assert runs.stage_key(cfg, "distill") != runs.stage_key(ablated, "distill")  # its teacher changed
+    assert runs.stage_key(cfg, "simcse_a") != runs.stage_key(cfg.replace(lr_simcse_a=1e-4), "simcse_a")
+    assert runs.stage_key(cfg, "simcse_b") == runs.stage_key(cfg.replace(lr_simcse_a=1e-4), "simcse_b")
+    assert runs.stage_key(cfg, "tncse") == runs.stage_key(cfg.replace(cross_attention_layers=2), "tncse")
+    assert runs.stage_key(cfg, "simcse_a") != runs.stage_key(cfg.replace(seed=7), "simcse_a")
+    assert runs.stage_key(cfg, "jtcse") == runs.stage_key(cfg.replace(test_pairs=50, seeds=[1, 2]), "jtcse")
+    with pytest.raises(ConfigError, match="unknown run stage"):
+        runs.stage_key(cfg, "simcse")
+
+
+def test_model_path_trains_once_and_marks_complete(cfg, real_data, monkeypatch):
+    path = runs.model_path(cfg, "tncse", data_dir=real_data, progress=False)
+    assert runs.is_twin(path) and runs.is_complete(cfg, "tncse")
+    assert runs.is_complete(cfg, "simcse_a") and runs.is_complete(cfg, "simcse_b")
+    assert [r["step"] for r in runs.metrics(cfg, "tncse") if "loss" in r] == [1, 2]
+
+    from jtcse_lib import train
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a complete run was trained again")
+
+    monkeypatch.setattr(train.Trainer, "run", fail)
+    assert runs.model_path(cfg, "tncse", data_dir=real_data) == path
+
+
+def test_half_written_run_is_not_complete(cfg, real_data):
+    out = runs.run_dir(cfg, "simcse_a")
+    (out / "best").mkdir(parents=True)  # a best model from a run that was killed before it finished
+    assert not runs.is_complete(cfg, "simcse_a")
+    path = runs.model_path(cfg, "simcse_a", data_dir=real_data, progress=False)
+    assert (path / "model.safetensors").is_file() and runs.is_complete(cfg, "simcse_a")
+
+
+def test_sts_scores_are_cached(cfg, real_data):
+    first = runs.sts_scores(cfg, "simcse_a", bootstrap=20, data_dir=real_data, progress=False)
+    assert set(first["scores"]) == {"STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark",
+                                    "SICKRelatedness", "avg"}
+    assert first["n_pairs"]["STS12"] == 5 * 10 and first["test_pairs_per_subset"] == 10
+    cached = list(runs.run_dir(cfg, "simcse_a").glob("sts_cls_*.json"))
+    assert len(cached) == 1
+    assert runs.sts_scores(cfg, "simcse_a", bootstrap=20, data_dir=real_data) == first
+
+
+def test_pipeline_selection(tmp_path):
+    for name in ("01_a.ipynb", "02_b.ipynb", "03_c.ipynb", "notes.ipynb"):
+        (tmp_path / name).write_text("{}")
+    nbs = pipeline.notebooks(tmp_path)
+    assert [p.name for p in nbs] == ["01_a.ipynb", "02_b.ipynb", "03_c.ipynb"]
+    assert [p.name for p in pipeline.select(nbs, start="02")] == ["02_b.ipynb", "03_c.ipynb"]
+    assert [p.name for p in pipeline.select(nbs, only=["3", "01"])] == ["01_a.ipynb", "03_c.ipynb"]
+    with pytest.raises(JtcseError, match="no notebook numbered 07"):
+        pipeline.select(nbs, only=["07"])
+    with pytest.raises(JtcseError, match="no notebook from 09 on"):
+        pipeline.select(nbs, start="09")
+
+
+def test_pipeline_names_the_failing_cell(tmp_path, monkeypatch):
+    import nbformat
+
+    monkeypatch.setenv("JTCSE_RUNS_DIR", str(tmp_path / "runs"))
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "smoke"\noverrides = {}')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("raise ValueError('boom')")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    nbformat.write(nb, folder / "01_fails.ipynb")
+    with pytest.raises(pipeline.NotebookFailed, match=r"01_fails.ipynb failed in cell .*ValueError: boom"):
+        pipeline.run_pipeline("smoke", notebooks_dir=folder, out_dir=tmp_path / "out")
+    assert (tmp_path / "out" / "01_fails.ipynb").is_file()
