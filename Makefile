@@ -18,13 +18,19 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
-# The embedded-default job on the shipped MiniLM backbone.
+# The embedded-default job: every notebook, in order, on the cpu profile (shipped MiniLM, Wiki1M subset).
 reproduce: setup
-	$(BIN)/python -m jtcse_lib evaluate --model minilm --pooling cls --bootstrap 1000 --out results/$(PROFILE)/backbone_cls.json
-	$(BIN)/python -m jtcse_lib evaluate --model minilm --pooling mean --bootstrap 1000 --out results/$(PROFILE)/backbone_mean.json
+	$(BIN)/python -m jtcse_lib pipeline --profile $(PROFILE)
 
+# Re-run the results and ablation notebooks from the cached runs (regenerates their tables and figures).
+figures: setup
+	$(BIN)/python -m jtcse_lib pipeline --profile $(PROFILE) --only 05 06
+
+# Unit and integration tests, then nbval executes every notebook with its smoke defaults, then the smoke
+# pipeline runs them again through papermill (the run cache is warm by then, so nothing trains twice).
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest tests --ignore=tests/test_pipeline.py --nbval-lax notebooks
+	$(BIN)/python -m pytest tests/test_pipeline.py
 
 bench: setup
 	$(BIN)/python bench/encode.py
