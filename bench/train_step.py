@@ -30,6 +30,9 @@ def measure(args) -> dict:
     from jtcse_lib.config import load_profile
     from jtcse_lib.train import Trainer
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
     overrides = [f"batch_size={args.batch_size}", f"max_length={args.max_length}"] if args.batch_size else []
     if args.backbone:
         overrides.append(f"backbone={args.backbone}")
@@ -52,11 +55,11 @@ def measure(args) -> dict:
             batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        times = []
+        times, cpu_times = [], []
         for i in range(args.warmup + args.steps):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             with torch.autocast(device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None):
                 loss, _ = trainer._loss(batch)
             trainer.scaler.scale(loss).backward()
@@ -67,7 +70,9 @@ def measure(args) -> dict:
                 torch.cuda.synchronize(device)
             if i >= args.warmup:
                 times.append(time.perf_counter() - start)
-        out = {"stage": args.stage, "seconds_per_step": statistics.median(times), "batch_size": B, "max_length": L,
+                cpu_times.append(time.process_time() - cpu_start)
+        out = {"stage": args.stage, "seconds_per_step": statistics.median(times),
+               "cpu_seconds_per_step": statistics.median(cpu_times), "threads": torch.get_num_threads(), "batch_size": B, "max_length": L,
                "device": str(device), "precision": str(trainer.amp_dtype or "fp32"),
                "cross_layers": getattr(model, "cross_layers", None),
                "parameters": sum(p.numel() for p in model.parameters()),
@@ -103,6 +108,7 @@ def main() -> None:
     parser.add_argument("--bert-base", action="store_true", help="random BERT-base twin (the paper's size)")
     parser.add_argument("--backbone", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--stage", default=None, help=argparse.SUPPRESS)  # internal: one measurement
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
 
@@ -122,6 +128,8 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--stage", stage, "--profile", args.profile, "--device", args.device,
                    "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
                    "--steps", str(args.steps), "--warmup", str(args.warmup)]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
             if backbone:
                 cmd += ["--backbone", backbone]
             if args.cross_layers is not None:
@@ -138,15 +146,16 @@ def main() -> None:
           f"batch {first['batch_size']} x 2 views x {first['max_length']} tokens, device {first['device']}, "
           f"precision {first['precision']}, median of {args.steps} steps after {args.warmup} warm-up")
     mem_key = "peak_cuda_allocated_gb" if "peak_cuda_allocated_gb" in first else "peak_rss_gb"
-    print(f"{'stage':<8}{'s/step':>9}{'params (M)':>12}{mem_key:>24}  cross layers")
+    print(f"{'stage':<8}{'s/step':>9}{'cpu s/step':>12}{'params (M)':>12}{mem_key:>24}  cross layers")
     for r in rows:
-        print(f"{r['stage']:<8}{r['seconds_per_step']:>9.3f}{r['parameters'] / 1e6:>12.1f}{r[mem_key]:>24.2f}  "
-              f"{r['cross_layers']}")
-    by = {r["stage"]: r["seconds_per_step"] for r in rows}
-    if "simcse" in by:
-        for stage in ("tncse", "jtcse"):
-            if stage in by:
-                print(f"{stage} / (2 x simcse) = {by[stage] / (2 * by['simcse']):.3f}")
+        print(f"{r['stage']:<8}{r['seconds_per_step']:>9.3f}{r['cpu_seconds_per_step']:>12.3f}"
+              f"{r['parameters'] / 1e6:>12.1f}{r[mem_key]:>24.2f}  {r['cross_layers']}")
+    for key, label in (("seconds_per_step", "wall"), ("cpu_seconds_per_step", "process CPU time")):
+        by = {r["stage"]: r[key] for r in rows}
+        if "simcse" in by:
+            ratios = ", ".join(f"{s} / (2 x simcse) = {by[s] / (2 * by['simcse']):.3f}" for s in ("tncse", "jtcse")
+                               if s in by)
+            print(f"{label}: {ratios}")
 
 
 if __name__ == "__main__":
