@@ -61,7 +61,7 @@ def _load(ref: BackboneRef, loader, what: str, **kwargs):
     try:
         return loader(ref.source, trust_remote_code=False, **kwargs)
     except (OSError, ValueError, EnvironmentError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
         where = "the Hub (no connection, or no such model)" if ref.kind == "hub" else ref.source
         raise ModelError(f"cannot load the {what} of {ref.name!r} from {where}: {first}", _NAME_FIX) from None
 
