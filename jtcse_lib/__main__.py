@@ -32,19 +32,13 @@ def _twin_dir(model: str) -> Path | None:
 def cmd_evaluate(args) -> int:
     import torch
 
-    from .backbones import load_backbone
     from .data import STS_TASKS
-    from .evaluate import SumEncoder, TowerEncoder, default_device, evaluate_sts
+    from .evaluate import default_device, evaluate_sts, load_encoder_for
     from .provenance import provenance
 
     twin = _twin_dir(args.model)
-    names = [twin / "tower_a", twin / "tower_b"] if twin else [args.model]
     device = default_device()
-    encoders = []
-    for name in names:
-        model, tokenizer = load_backbone(name)
-        encoders.append(TowerEncoder(model.to(device), tokenizer, args.pooling, args.batch_size, args.max_length))
-    encoder = SumEncoder(encoders) if twin else encoders[0]
+    encoder = load_encoder_for(args.model, args.pooling, args.batch_size, args.max_length, device=device)
     tasks = args.tasks or list(STS_TASKS)
     start = time.perf_counter()
     report = evaluate_sts(encoder, tasks, args.data_dir, bootstrap=args.bootstrap, seed=args.seed)

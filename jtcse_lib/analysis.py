@@ -1,4 +1,5 @@
-"""The attention sink of one encoder: attention mass on [CLS]/[SEP], E_CLS, embedding-norm statistics.
+"""The attention sink of one encoder: attention mass on [CLS]/[SEP], E_CLS, embedding-norm statistics; and the
+geometry (norm ratio k, cosine t) of the dropout-view pairs that contrastive training uses as positives.
 
 All functions take one Hugging Face encoder (a tower, e.g. ``TwinTower.tower_a``) and a right-padded
 tokenised batch: ``input_ids``/``attention_mask`` (N, L), 1 = token, 0 = padding, with [CLS]/<s> at
@@ -24,6 +25,7 @@ __all__ = [
     "AttentionSinkReport",
     "attention_mass",
     "attention_sink_report",
+    "dropout_pair_geometry",
     "e_cls",
     "eager_attention",
     "norm_stats",
@@ -278,3 +280,95 @@ def attention_sink_report(
         n_query_tokens=n_tokens,
         meta={"max_length": max_length, "batch_size": batch_size},
     )
+
+
+def dropout_pair_geometry(
+    model,
+    tokenizer,
+    sentences: Sequence[str] | Iterable[str],
+    batch_size: int = 32,
+    max_length: int = 64,
+    seed: int = 0,
+    progress: bool = False,
+    desc: str = "dropout pairs",
+) -> dict:
+    """Norm ratio and cosine of the positive pairs of unsupervised SimCSE/JTCSE: two dropout views of a sentence.
+
+    Sentences are sorted by token count (longest first, stable) and batched in that order, to pad little;
+    the results come back in the order of ``sentences``. Each batch of b sentences is tokenised once and fed
+    as 2b rows ``[batch; batch]`` (the same tokens twice) in one forward pass in **train** mode, as the
+    trainer feeds its two views, so every row gets its own dropout mask. With h_n, h+_n the [CLS] vectors (last hidden state of the first token) of view 1 and
+    view 2 of sentence n::
+
+        k_n    = ||h+_n|| / ||h_n||
+        t_n    = cos(h_n, h+_n)
+        l_TN_n = ||h_n - h+_n|| / (||h_n|| + ||h+_n||) = sqrt(1 + k_n^2 - 2 k_n t_n) / (1 + k_n)
+
+    (``losses.modulus_gap``), and the same three for the pooler outputs when the model has a pooler (the
+    official ICTM computes l_TN on those).
+
+    Seeded: the dropout masks come from torch's RNG seeded with ``seed`` inside ``torch.random.fork_rng``,
+    so two calls with the same arguments agree and the caller's RNG state is left untouched. Gradients are
+    off; the model's training flag is restored afterwards.
+
+    Args:
+        model: a Hugging Face encoder with dropout (hidden/attention dropout > 0 for non-trivial pairs).
+        tokenizer: its tokenizer; batches are ``tokenizer(batch, padding=True, truncation=True,
+            max_length=max_length, return_tensors="pt")``.
+        sentences: the sentences, one pair each (in order).
+
+    Returns:
+        {"k", "t", "l_tn", "norm" (= ||h_n||)} and, with a pooler, {"k_pooled", "t_pooled", "l_tn_pooled"}:
+        numpy float64 arrays (N,) in the order of ``sentences``.
+    """
+    from tqdm.auto import tqdm
+
+    from .losses import modulus_gap
+
+    sentences = list(sentences)
+    if not sentences:
+        raise ValueError("no sentences given")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be 1 or more, got {batch_size}")
+    device = next(model.parameters()).device
+    rng_devices = [device] if device.type == "cuda" else []
+    lengths = [len(ids) for ids in tokenizer(sentences, truncation=True, max_length=max_length)["input_ids"]]
+    order = np.argsort(-np.asarray(lengths), kind="stable")  # longest first
+    ordered = [sentences[i] for i in order]
+    keys = ("input_ids", "attention_mask", "token_type_ids")
+    parts: dict[str, list[np.ndarray]] = {}
+    was_training = model.training
+    starts = range(0, len(sentences), batch_size)
+    try:
+        with torch.random.fork_rng(devices=rng_devices), torch.no_grad():
+            torch.manual_seed(seed)
+            model.train()  # dropout on: two passes of the same tokens give two views
+            for start in tqdm(starts, desc=desc, disable=not progress, total=len(starts)):
+                batch = tokenizer(ordered[start : start + batch_size], padding=True, truncation=True,
+                                  max_length=max_length, return_tensors="pt")
+                inputs = {k: batch[k].repeat(2, 1).to(device) for k in keys if k in batch}  # (2b, L): [batch; batch]
+                out = model(**inputs)
+                b = batch["input_ids"].shape[0]
+                pairs = {"": out.last_hidden_state[:, 0]}  # [CLS], (2b, H)
+                if getattr(out, "pooler_output", None) is not None:
+                    pairs["_pooled"] = out.pooler_output  # dense + tanh on [CLS], (2b, H)
+                for suffix, z in pairs.items():
+                    h, hp = z[:b].double(), z[b:].double()  # view 1, view 2: (b, H) each
+                    norm, norm_p = h.norm(dim=-1), hp.norm(dim=-1)
+                    values = {
+                        "k": norm_p / norm,  # k = ||h+|| / ||h||
+                        "t": torch.nn.functional.cosine_similarity(h, hp, dim=-1),  # t = cos(h, h+)
+                        "l_tn": modulus_gap(h, hp),  # ||h - h+|| / (||h|| + ||h+||)
+                    }
+                    if not suffix:
+                        values["norm"] = norm
+                    for name, v in values.items():
+                        parts.setdefault(name + suffix, []).append(v.cpu().numpy())
+    finally:
+        model.train(was_training)
+    out = {}
+    for name, v in parts.items():
+        values = np.empty(len(sentences), dtype=np.float64)
+        values[order] = np.concatenate(v)  # back to the order of `sentences`
+        out[name] = values
+    return out

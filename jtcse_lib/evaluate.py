@@ -239,9 +239,34 @@ def evaluate_sts(encoder: Encoder, tasks: Sequence[str] = STS_TASKS, data_dir=No
     return STSReport({task: score_task(task, data[task], embed, bootstrap, seed) for task in tasks})
 
 
+def pair_cosines(encoder: Encoder, pairs: PairSet) -> np.ndarray:
+    """(n,) cosine similarity of each pair under `encoder` (both sides encoded in one call)."""
+    vectors = encoder(pairs.sent1 + pairs.sent2)
+    n = len(pairs)
+    return cosine(vectors[:n], vectors[n:])
+
+
 def stsb_dev_score(encoder: Encoder, data_dir=None, pairs: PairSet | None = None) -> float:
     """Spearman x 100 on STS-B dev: the only score used to select checkpoints."""
     pairs = pairs if pairs is not None else load_stsb("dev", data_dir)
-    vectors = encoder(pairs.sent1 + pairs.sent2)
-    n = len(pairs)
-    return spearman100(cosine(vectors[:n], vectors[n:]), pairs.gold)
+    return spearman100(pair_cosines(encoder, pairs), pairs.gold)
+
+
+def load_encoder_for(model, pooling: str = "cls", batch_size: int = 128, max_length: int | None = None,
+                     progress: bool = True, device=None) -> Encoder:
+    """An `Encoder` for a model name or folder: a twin folder (tower_a/, tower_b/) gives the `SumEncoder` of
+    its towers, anything else (`minilm`, a tower folder, a Hub id) a `TowerEncoder`; on `device` (default: CUDA
+    when available)."""
+    from pathlib import Path
+
+    from .backbones import load_backbone
+
+    device = torch.device(device) if device is not None else default_device()
+    folder = Path(str(model))
+    towers = [folder / "tower_a", folder / "tower_b"]
+    names = towers if all((t / "config.json").is_file() for t in towers) else [model]
+    encoders = []
+    for name in names:
+        enc, tok = load_backbone(name)
+        encoders.append(TowerEncoder(enc.to(device).eval(), tok, pooling, batch_size, max_length, progress))
+    return encoders[0] if len(encoders) == 1 else SumEncoder(encoders)

@@ -113,8 +113,7 @@ def sts_scores(config: RunConfig, stage: str | None, pooling: str = "cls", boots
                data_dir=None, progress: bool = True) -> dict:
     """STS test scores (the `evaluate --out` JSON) of a stage's best model, or of the backbone when stage is
     None; computed once and cached beside the model. A twin is scored as the sum of its towers."""
-    from .backbones import load_backbone
-    from .evaluate import SumEncoder, TowerEncoder, default_device, evaluate_sts
+    from .evaluate import evaluate_sts, load_encoder_for
     from .provenance import provenance
 
     if stage is None:
@@ -126,12 +125,7 @@ def sts_scores(config: RunConfig, stage: str | None, pooling: str = "cls", boots
     cache = folder / f"sts_{pooling}_{config.test_pairs or 'all'}_{bootstrap}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    names = [Path(model) / "tower_a", Path(model) / "tower_b"] if stage and is_twin(model) else [model]
-    encoders = []
-    for name in names:
-        enc, tok = load_backbone(name)
-        encoders.append(TowerEncoder(enc.to(default_device()), tok, pooling, config.eval_batch_size, config.eval_max_length, progress))
-    encoder = encoders[0] if len(encoders) == 1 else SumEncoder(encoders)
+    encoder = load_encoder_for(model, pooling, config.eval_batch_size, config.eval_max_length, progress)
     report = evaluate_sts(encoder, data_dir=data_dir, bootstrap=bootstrap, seed=config.seed,
                           max_pairs=config.test_pairs)
     result = {"model": str(model), "stage": stage or "backbone", "pooling": pooling, **report.to_dict(),

@@ -11,7 +11,7 @@ Each term has a weight in the config (0 switches it off) for the ablations. A ba
 tokenised once (cached on disk) and fed as 2B rows (the same tokens twice) in one forward pass: dropout makes
 the two views. Rows [0, B) are view 1 and rows [B, 2B) view 2.
 
-Every `eval_every` optimizer steps the model is scored on STS-B dev (the twin as the sum of its towers' [CLS]
+Before the first step and every `eval_every` optimizer steps the model is scored on STS-B dev (the twin as the sum of its towers' [CLS]
 vectors, as at inference); the best is kept as plain Hugging Face folder(s) in `out/best`. Every
 `checkpoint_every` steps a resumable checkpoint (weights, optimizer, scheduler, RNG states, data position) is
 written atomically to `out/checkpoint`; running the same command again resumes from it exactly. Metrics go to
@@ -375,6 +375,17 @@ class Trainer:
             old.rename(best)
         return True
 
+    def _evaluate(self) -> float:
+        """STS-B dev score of the current model; keep it as `best/` when it improves."""
+        dev = self.dev_score()
+        self.model.train()
+        improved = dev > self.best_dev
+        if improved:
+            self.best_dev, self.best_step = dev, self.step
+            self._save_model(self.out_dir / "best")
+        self._log({"step": self.step, "stsb_dev": dev, "best_dev": self.best_dev, "improved": improved})
+        return dev
+
     def _trim_metrics(self, step: int) -> None:
         """Drop metric lines written after the checkpoint we resume from (they will be written again)."""
         path = self.out_dir / "metrics.jsonl"
@@ -413,6 +424,8 @@ class Trainer:
                        f"than max_length={cfg.max_length} tokens and were truncated")
         if resumed:
             tqdm.write(f"[{self.stage}] resuming from step {self.step} of {self.total_steps}")
+        else:  # the starting point is a candidate too: joint training must beat its initial towers on dev
+            self._evaluate()
 
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=self.step, desc=self.stage, unit="step", disable=not self.progress,
@@ -458,13 +471,7 @@ class Trainer:
                 sums, n_logged = {}, 0
 
             if self.step % cfg.eval_every == 0 or self.step == self.total_steps:
-                dev = self.dev_score()
-                self.model.train()
-                improved = dev > self.best_dev
-                if improved:
-                    self.best_dev, self.best_step = dev, self.step
-                    self._save_model(self.out_dir / "best")
-                self._log({"step": self.step, "stsb_dev": dev, "best_dev": self.best_dev, "improved": improved})
+                dev = self._evaluate()
                 bar.set_postfix(loss=last_loss, dev=f"{dev:.2f}", best=f"{self.best_dev:.2f}")
 
             if self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps:

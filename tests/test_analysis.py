@@ -197,3 +197,91 @@ def test_report_on_minilm():
     for a, b in ((one.cls_mass, rep.cls_mass), (one.sep_mass, rep.sep_mass), (one.e_cls, rep.e_cls)):
         np.testing.assert_allclose(a, b, atol=1e-5)
     assert model.config._attn_implementation == "sdpa"
+
+
+# ---- dropout_pair_geometry ------------------------------------------------------------------------------
+
+
+class WordTokenizer:
+    """A stand-in tokenizer: [CLS] + one id per word (deterministic) + [SEP], right-padded, truncated."""
+
+    def __call__(self, texts, padding=False, truncation=True, max_length=64, return_tensors=None):
+        seqs = []
+        for text in texts:
+            ids = [4 + sum(map(ord, w)) % 96 for w in text.split()]
+            seqs.append(torch.tensor([CLS, *ids[: max_length - 2], SEP]))
+        if return_tensors is None:  # lists of ids, unpadded
+            return {"input_ids": [s.tolist() for s in seqs]}
+        ids, mask = batch(*seqs)
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+def test_dropout_pair_geometry_matches_hand_computation(tiny_bert):
+    from jtcse_lib.analysis import dropout_pair_geometry
+    from jtcse_lib.losses import modulus_gap
+
+    tok = WordTokenizer()
+    sents = sorted(SENTENCES[:5], key=lambda s: -len(s.split()))  # longest first: the function's batch order
+    tiny_bert.eval()
+    g = dropout_pair_geometry(tiny_bert, tok, sents, batch_size=5, seed=7)
+    assert set(g) == {"k", "t", "l_tn", "norm", "k_pooled", "t_pooled", "l_tn_pooled"}
+    assert all(v.shape == (5,) and v.dtype == np.float64 for v in g.values())
+    assert not tiny_bert.training  # the training flag is restored
+    # by hand: one train-mode forward of [batch; batch] under the same seed
+    enc = tok(sents, return_tensors="pt")
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(7)
+        out = tiny_bert.train()(**{k: v.repeat(2, 1) for k, v in enc.items()})
+    tiny_bert.eval()
+    for suffix, z in (("", out.last_hidden_state[:, 0]), ("_pooled", out.pooler_output)):
+        h, hp = z[:5].double(), z[5:].double()
+        np.testing.assert_allclose(g["k" + suffix], (hp.norm(dim=-1) / h.norm(dim=-1)).numpy(), rtol=1e-5)
+        np.testing.assert_allclose(g["t" + suffix], torch.cosine_similarity(h, hp).numpy(), atol=1e-6)
+        np.testing.assert_allclose(g["l_tn" + suffix], modulus_gap(h, hp).numpy(), atol=1e-6)
+    np.testing.assert_allclose(g["norm"], out.last_hidden_state[:5, 0].double().norm(dim=-1).numpy(), rtol=1e-5)
+    # the closed form l_TN(k, t) = sqrt(1 + k^2 - 2kt) / (1 + k)
+    k, t = g["k"], g["t"]
+    np.testing.assert_allclose(g["l_tn"], np.sqrt(1 + k**2 - 2 * k * t) / (1 + k), atol=1e-6)
+    # the views really differ (dropout was on)
+    assert (g["t"] < 1 - 1e-6).all() and (g["l_tn"] > 0).all()
+
+
+def test_dropout_pair_geometry_is_seeded_and_leaves_rng_and_mode_alone(tiny_bert):
+    from jtcse_lib.analysis import dropout_pair_geometry
+
+    tok = WordTokenizer()
+    tiny_bert.train()
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a = dropout_pair_geometry(tiny_bert, tok, SENTENCES, batch_size=3, seed=1)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is untouched
+    assert tiny_bert.training
+    b = dropout_pair_geometry(tiny_bert, tok, SENTENCES, batch_size=3, seed=1)
+    c = dropout_pair_geometry(tiny_bert, tok, SENTENCES, batch_size=3, seed=2)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    assert not np.allclose(a["t"], c["t"])
+    # results come back in the order of the sentences: the reversed list gives the reversed results
+    # (same batches after the length sort, up to ties in length, so compare a tie-free subset)
+    distinct = ["one", "one two", "one two three", "one two three four", "one two three four five"]
+    fwd = dropout_pair_geometry(tiny_bert, tok, distinct, batch_size=2, seed=3)
+    rev = dropout_pair_geometry(tiny_bert, tok, distinct[::-1], batch_size=2, seed=3)
+    np.testing.assert_array_equal(fwd["t"], rev["t"][::-1])
+    assert a["k"].shape == (len(SENTENCES),)
+    assert np.all(a["t"] <= 1 + 1e-9) and np.all(a["t"] >= -1 - 1e-9) and np.all(a["k"] > 0)
+    assert np.all((a["l_tn"] >= 0) & (a["l_tn"] <= 1))
+
+
+def test_dropout_pair_geometry_without_dropout_or_pooler():
+    from jtcse_lib.analysis import dropout_pair_geometry
+
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(**TINY, pad_token_id=PAD, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+                      add_pooling_layer=False)
+    g = dropout_pair_geometry(model, WordTokenizer(), SENTENCES[:4], batch_size=2)
+    assert set(g) == {"k", "t", "l_tn", "norm"}  # no pooler, no pooled keys
+    np.testing.assert_allclose(g["k"], 1.0, atol=1e-6)  # no dropout: the two views coincide
+    np.testing.assert_allclose(g["t"], 1.0, atol=1e-6)
+    np.testing.assert_allclose(g["l_tn"], 0.0, atol=1e-6)
+    with pytest.raises(ValueError, match="no sentences"):
+        dropout_pair_geometry(model, WordTokenizer(), [])
