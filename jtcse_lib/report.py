@@ -32,6 +32,10 @@ PAPER_TABLE = pd.DataFrame.from_records([
 ], columns=["model", *COLUMNS]).set_index("model")
 
 
+# ../shared/PAPER.md: TNCSE pooling ablation, 7-task STS average (BERT-base).
+PAPER_POOLING = {"cls": 79.58, "mean": 78.19, "pooler": 69.28}
+
+
 def results_dir(profile: str) -> Path:
     path = runs_root() / "smoke" / "results" if profile == "smoke" else REPO_ROOT / "results" / profile
     path.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,10 @@ STS test scores are cached beside the model (`sts_<pooling>.json`) so that table
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from .config import RunConfig, config_hash
@@ -69,14 +71,33 @@ def is_complete(config: RunConfig, stage: str) -> bool:
     return (run_dir(config, stage) / "DONE").is_file()
 
 
+@contextmanager
+def _exclusive(out: Path):
+    """Hold an exclusive lock on `out`: two notebooks asking for the same run train it once, not twice at once."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f"{out.name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # blocks while another process trains this run
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def model_path(config: RunConfig, stage: str, data_dir=None, progress: bool = True) -> Path:
     """The best model of `stage` under `config` (a HF folder, or a twin folder), trained first if absent."""
-    from .train import Trainer
-
     out = run_dir(config, stage)
     if (out / "DONE").is_file():
         return out / "best"
     parents = [model_path(config, p, data_dir, progress) for p in _PARENTS[stage]]
+    with _exclusive(out):
+        if not (out / "DONE").is_file():  # another process may have finished it while we waited
+            _train(config, stage, out, parents, data_dir, progress)
+    return out / "best"
+
+
+def _train(config: RunConfig, stage: str, out: Path, parents: list[Path], data_dir, progress: bool) -> None:
+    from .train import Trainer
+
     kwargs = {}
     if stage in ("simcse_a", "simcse_b"):
         trainer_stage, kwargs["tower"] = "simcse", stage[-1]
@@ -89,7 +110,6 @@ def model_path(config: RunConfig, stage: str, data_dir=None, progress: bool = Tr
     if not (out / "best").is_dir():
         raise RuntimeError(f"training of {stage} finished without a best model in {out}")
     (out / "DONE").write_text(json.dumps({"stage": stage, "key": stage_key(config, stage)}) + "\n")
-    return out / "best"
 
 
 def metrics(config: RunConfig, stage: str) -> list[dict]:

@@ -11,11 +11,12 @@ Each term has a weight in the config (0 switches it off) for the ablations. A ba
 tokenised once (cached on disk) and fed as 2B rows (the same tokens twice) in one forward pass: dropout makes
 the two views. Rows [0, B) are view 1 and rows [B, 2B) view 2.
 
-Before the first step and every `eval_every` optimizer steps the model is scored on STS-B dev (the twin as the sum of its towers' [CLS]
+Every `eval_every` optimizer steps the model is scored on STS-B dev (the twin as the sum of its towers' [CLS]
 vectors, as at inference); the best is kept as plain Hugging Face folder(s) in `out/best`. Every
 `checkpoint_every` steps a resumable checkpoint (weights, optimizer, scheduler, RNG states, data position) is
 written atomically to `out/checkpoint`; running the same command again resumes from it exactly. Metrics go to
-`out/metrics.jsonl`, the resolved config to `out/config.json`, the summary to `out/result.json` (written last:
+`out/metrics.jsonl` (with the starting point's dev score at step 0, for the curves; it is not a candidate for
+`best/`, as in the official code), the resolved config to `out/config.json`, the summary to `out/result.json` (written last:
 its presence means the run is complete).
 
 On CUDA: TF32 matmuls and autocast (bf16 where supported, else fp16 with a gradient scaler). On CPU: fp32.
@@ -259,7 +260,7 @@ class Trainer:
                 loss = loss + cfg.distill_alpha * terms["distill"]
             return loss, terms
 
-        with_cross = self.stage == "jtcse" and cfg.w_cross_attention > 0
+        with_cross = self.stage == "jtcse" and cfg.w_cross_attention > 0 and bool(self.model.cross_layers)
         out = self.model(**batch, with_cross=with_cross)
         a1, a2, b1, b2 = out.cls_a[:B], out.cls_a[B:], out.cls_b[:B], out.cls_b[B:]  # each (B, H)
         loss = torch.zeros((), device=self.device)
@@ -375,11 +376,11 @@ class Trainer:
             old.rename(best)
         return True
 
-    def _evaluate(self) -> float:
-        """STS-B dev score of the current model; keep it as `best/` when it improves."""
+    def _evaluate(self, candidate: bool = True) -> float:
+        """STS-B dev score of the current model; keep it as `best/` when it is a candidate and improves."""
         dev = self.dev_score()
         self.model.train()
-        improved = dev > self.best_dev
+        improved = candidate and dev > self.best_dev
         if improved:
             self.best_dev, self.best_step = dev, self.step
             self._save_model(self.out_dir / "best")
@@ -424,8 +425,8 @@ class Trainer:
                        f"than max_length={cfg.max_length} tokens and were truncated")
         if resumed:
             tqdm.write(f"[{self.stage}] resuming from step {self.step} of {self.total_steps}")
-        else:  # the starting point is a candidate too: joint training must beat its initial towers on dev
-            self._evaluate()
+        else:  # the starting point, for the curves; not a candidate (the official code selects trained steps)
+            self._evaluate(candidate=False)
 
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=self.step, desc=self.stage, unit="step", disable=not self.progress,

@@ -42,13 +42,20 @@ def test_stage_runs_logs_terms_and_saves_best(cfg, stage, terms, tmp_path, real_
     # the logged total is the weighted sum of the logged terms (all weights 1)
     assert train_rows[0]["loss"] == pytest.approx(sum(train_rows[0][t] for t in terms), rel=1e-5)
     dev = [r for r in rows if "stsb_dev" in r]
-    assert [r["step"] for r in dev] == [0, 3, 6]  # the starting point is scored too
-    assert result.best_dev == max(r["stsb_dev"] for r in dev)
+    assert [r["step"] for r in dev] == [0, 3, 6]  # the starting point is scored too, for the curves
+    assert result.best_dev == max(r["stsb_dev"] for r in dev if r["step"] > 0)  # but only trained steps compete
+    assert result.best_step in (3, 6) and not dev[0]["improved"]
     best = tmp_path / stage / "best"
     assert (best / "config.json").is_file() if stage == "simcse" else (best / "tower_b" / "tokenizer.json").is_file()
     summary = json.loads((tmp_path / stage / "result.json").read_text())
     assert summary["steps"] == 6 and summary["best_stsb_dev"] == pytest.approx(result.best_dev)
     assert {"git_commit", "device", "versions", "config"} <= set(summary)
+
+
+def test_jtcse_with_zero_cross_layers_has_no_branch_term(cfg, tmp_path, real_data):
+    run(cfg.replace(cross_attention_layers=0, max_steps=1, eval_every=1), "jtcse", tmp_path / "j0", data_dir=real_data)
+    row = next(r for r in metrics(tmp_path / "j0") if "loss" in r)
+    assert "cross_attention" not in row and "cross_cls" in row
 
 
 def test_zero_weights_switch_terms_off(cfg, tmp_path, real_data):
