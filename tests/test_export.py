@@ -309,3 +309,15 @@ def test_twin_errors(tmp_path, tiny, minilm_tokenizer):
     (bad / "twin.json").write_text(json.dumps({"format": "jtcse-twin", "combine": "concat"}))
     with pytest.raises(ModelError, match="cannot load"):
         ex.load_twin(bad)
+
+
+def test_package_level_load_twin_is_the_export_loader(tmp_path):
+    import inspect
+
+    import jtcse_lib
+    from jtcse_lib import export
+
+    assert "path" in inspect.signature(jtcse_lib.load_twin).parameters
+    with pytest.raises(ModelError):
+        jtcse_lib.load_twin(tmp_path)  # no towers: the export loader's clear error
+    assert export.load_twin.__doc__
