@@ -25,8 +25,9 @@ def _write_json(path: str | Path, obj: dict) -> None:
 
 
 def _twin_dir(model: str) -> Path | None:
-    path = Path(model)
-    return path if (path / "tower_a" / "config.json").is_file() and (path / "tower_b" / "config.json").is_file() else None
+    from .backbones import is_twin_dir
+
+    return Path(model) if is_twin_dir(model) else None
 
 
 def cmd_evaluate(args) -> int:

@@ -84,6 +84,12 @@ def load_backbone(name: str | os.PathLike, **kwargs):
     return load_encoder(name, **kwargs), load_tokenizer(name)
 
 
+def is_twin_dir(path: str | os.PathLike) -> bool:
+    """A twin folder holds two Hugging Face models, `tower_a/` and `tower_b/` (training output or export)."""
+    path = Path(path)
+    return all((path / tower / "config.json").is_file() for tower in ("tower_a", "tower_b"))
+
+
 def model_inputs(batch) -> dict:
     """The keys an encoder's forward takes; RoBERTa-style tokenizers give no token_type_ids."""
     return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}

@@ -16,6 +16,7 @@ so the same scoring serves one tower (`TowerEncoder`) and the twin (`SumEncoder`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -23,7 +24,7 @@ import torch
 from scipy.stats import rankdata, spearmanr
 from tqdm.auto import tqdm
 
-from .backbones import model_inputs
+from .backbones import is_twin_dir, load_backbone, model_inputs
 from .data import STS_TASKS, PairSet, load_stsb, load_task
 from .errors import ConfigError
 
@@ -257,14 +258,8 @@ def load_encoder_for(model, pooling: str = "cls", batch_size: int = 128, max_len
     """An `Encoder` for a model name or folder: a twin folder (tower_a/, tower_b/) gives the `SumEncoder` of
     its towers, anything else (`minilm`, a tower folder, a Hub id) a `TowerEncoder`; on `device` (default: CUDA
     when available)."""
-    from pathlib import Path
-
-    from .backbones import load_backbone
-
     device = torch.device(device) if device is not None else default_device()
-    folder = Path(str(model))
-    towers = [folder / "tower_a", folder / "tower_b"]
-    names = towers if all((t / "config.json").is_file() for t in towers) else [model]
+    names = [Path(str(model)) / "tower_a", Path(str(model)) / "tower_b"] if is_twin_dir(str(model)) else [model]
     encoders = []
     for name in names:
         enc, tok = load_backbone(name)

@@ -21,6 +21,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from .backbones import is_twin_dir
 from .config import RunConfig, config_hash
 from .errors import ConfigError
 
@@ -126,7 +127,7 @@ def summary(config: RunConfig, stage: str) -> dict:
 
 
 def is_twin(path: Path) -> bool:
-    return (Path(path) / "tower_a" / "config.json").is_file() and (Path(path) / "tower_b" / "config.json").is_file()
+    return is_twin_dir(path)
 
 
 def sts_scores(config: RunConfig, stage: str | None, pooling: str = "cls", bootstrap: int = 1000,

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .backbones import load_encoder, load_tokenizer
+from .backbones import is_twin_dir, load_encoder, load_tokenizer
 from .config import STAGES, RunConfig, config_hash
 from .data import corpus_path, load_corpus, load_stsb, tokenize_corpus
 from .errors import ConfigError, JtcseError
@@ -174,7 +174,7 @@ class Trainer:
                                   "set modulus_variant=paper")
         else:  # distill
             teacher = self.teacher_dir
-            if not ((teacher / "tower_a" / "config.json").is_file() and (teacher / "tower_b" / "config.json").is_file()):
+            if not is_twin_dir(teacher):
                 raise ConfigError(f"teacher folder {teacher} does not hold tower_a/ and tower_b/",
                                   "pass the best/ folder of a tncse or jtcse run")
             source = self.init or (teacher / "tower_a" if cfg.distill_init == "tower_a" else cfg.backbone)
