@@ -21,7 +21,6 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from .backbones import is_twin_dir
 from .config import RunConfig, config_hash
 from .errors import ConfigError
 
@@ -124,10 +123,6 @@ def metrics(config: RunConfig, stage: str) -> list[dict]:
 def summary(config: RunConfig, stage: str) -> dict:
     """The run's result.json (best step, best dev score, wall time, provenance)."""
     return json.loads((run_dir(config, stage) / "result.json").read_text())
-
-
-def is_twin(path: Path) -> bool:
-    return is_twin_dir(path)
 
 
 def sts_scores(config: RunConfig, stage: str | None, pooling: str = "cls", bootstrap: int = 1000,

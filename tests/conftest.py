@@ -58,6 +58,17 @@ def real_data() -> Path:
     return REAL_DATA
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Run a test on one torch thread: tiny models are fastest so, and far faster when another process holds a core."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def minilm():
     """(model, tokenizer) of the shipped all-MiniLM-L6-v2, loaded once per session, eval mode."""

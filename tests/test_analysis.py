@@ -22,11 +22,8 @@ CLS, SEP, PAD = 2, 3, 0
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_torch_thread):
+    """Tiny models run fastest on one thread (see conftest.one_torch_thread)."""
 
 
 @pytest.fixture

@@ -42,12 +42,8 @@ def padded_batch(pad, lengths=(9, 5, 2, 7), vocab=100, seed=1):
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and far faster when another process holds a core."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_torch_thread):
+    """Tiny models run fastest on one thread (see conftest.one_torch_thread)."""
 
 
 def is_zero(p):

@@ -15,7 +15,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from jtcse_lib import train as train_mod
 from jtcse_lib.config import load_profile
 from jtcse_lib.errors import ConfigError, JtcseError
 from jtcse_lib.train import Trainer

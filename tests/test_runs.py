@@ -3,6 +3,7 @@
 import pytest
 
 from jtcse_lib import pipeline, runs
+from jtcse_lib.backbones import is_twin_dir
 from jtcse_lib.config import load_profile
 from jtcse_lib.errors import ConfigError, JtcseError
 
@@ -32,7 +33,7 @@ def test_keys_follow_dependencies(cfg):
 
 def test_model_path_trains_once_and_marks_complete(cfg, real_data, monkeypatch):
     path = runs.model_path(cfg, "tncse", data_dir=real_data, progress=False)
-    assert runs.is_twin(path) and runs.is_complete(cfg, "tncse")
+    assert is_twin_dir(path) and runs.is_complete(cfg, "tncse")
     assert runs.is_complete(cfg, "simcse_a") and runs.is_complete(cfg, "simcse_b")
     assert [r["step"] for r in runs.metrics(cfg, "tncse") if "loss" in r] == [1, 2]
 
