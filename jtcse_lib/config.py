@@ -21,6 +21,9 @@ from .errors import ConfigError
 PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
 STAGES = ("simcse", "tncse", "jtcse", "distill")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# the ablations notebook 06 knows (`ablations` picks a subset: each retrained variant costs a stage-2 run)
+ABLATIONS = ("reference", "no_modulus", "no_cross_cls", "no_branch", "tncse", "layers", "paper_modulus",
+             "pool_mean", "pool_pooler", "distill", "distill_alpha0")
 
 
 @dataclass
@@ -74,6 +77,7 @@ class RunConfig:
     checkpoint_every: int = 50  # resumable checkpoint every N optimizer steps
     log_every: int = 5
     seeds: list[int] = field(default_factory=lambda: [42])  # seeds of the main models (notebooks 03-05)
+    ablations: str | list[str] = "all"  # notebook 06: "all", or a subset of ABLATIONS ("layers": every count)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -121,6 +125,10 @@ class RunConfig:
              "set cross_attention_layers=6 (a divisor of the depth) or [1,3,5]")
         need(isinstance(self.seeds, list) and len(self.seeds) >= 1 and all(isinstance(s, int) for s in self.seeds),
              "seeds", f"must be a non-empty list of integers, got {self.seeds!r}", "set seeds=[42,43,44]")
+        chosen = self.ablations
+        need(chosen == "all" or (isinstance(chosen, list) and all(a in ABLATIONS for a in chosen)),
+             "ablations", f"must be 'all' or a list of {', '.join(ABLATIONS)}; got {chosen!r}",
+             "set ablations=all or e.g. ablations=[reference,no_modulus]")
 
     # ------------------------------------------------------------------ derived
 
@@ -150,7 +158,7 @@ _FIELDS = {f.name: f for f in fields(RunConfig)}
 def _coerce(key: str, value: Any) -> Any:
     """A value of the YAML file or of a `key=value` override (a string parsed as YAML) for one key."""
     if isinstance(value, str) and key not in ("profile", "backbone", "corpus", "modulus_variant", "scheduler",
-                                              "precision", "distill_init"):
+                                              "precision", "distill_init") and value != "all":
         try:
             value = yaml.safe_load(value)
         except yaml.YAMLError as e:

@@ -9,6 +9,7 @@ naming the cell. Trained models are shared through the run cache (`jtcse_lib.run
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -45,6 +46,13 @@ def select(paths: list[Path], start: str | None = None, only: list[str] | None =
     return paths
 
 
+def absolute_path_env(names=("JTCSE_DATA_DIR", "JTCSE_RUNS_DIR")) -> None:
+    """Kernels run in notebooks/, so a relative $JTCSE_DATA_DIR would point elsewhere there: resolve it here."""
+    for var in names:
+        if os.environ.get(var):
+            os.environ[var] = str(Path(os.environ[var]).resolve())
+
+
 def run_pipeline(profile: str, start: str | None = None, only: list[str] | None = None,
                  overrides: dict | list[str] | None = None, out_dir: Path | None = None, kernel_name: str | None = None,
                  notebooks_dir: Path = NOTEBOOKS_DIR) -> dict[str, float]:
@@ -56,6 +64,7 @@ def run_pipeline(profile: str, start: str | None = None, only: list[str] | None 
     from .runs import runs_root
 
     load_profile(profile, overrides)  # fail early on an unknown profile or key, before any kernel starts
+    absolute_path_env()
     out_dir = Path(out_dir) if out_dir else runs_root() / profile / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     chosen = select(notebooks(notebooks_dir), start, only)
@@ -76,6 +85,12 @@ def run_pipeline(profile: str, start: str | None = None, only: list[str] | None 
         print(f"[{i}/{len(chosen)}] {nb.name} done in {timings[nb.name]:.0f} s", flush=True)
     total = time.perf_counter() - total_start
     print(f"pipeline ({profile}): {len(chosen)} notebook(s) in {total / 60:.1f} min; executed copies in {out_dir}")
-    (out_dir / "timings.json").write_text(json.dumps({"profile": profile, "seconds": timings,
-                                                      "total_seconds": round(total, 1)}, indent=2) + "\n")
+    record = {"profile": profile, "overrides": overrides or {}, "seconds": timings, "total_seconds": round(total, 1)}
+    (out_dir / "timings.json").write_text(json.dumps(record, indent=2) + "\n")
+    if len(chosen) == len(notebooks(notebooks_dir)):  # a complete run: its wall time is a result (README)
+        from .provenance import machine, provenance
+        from .report import results_dir
+
+        (results_dir(profile) / "pipeline_timings.json").write_text(
+            json.dumps({**record, "machine": machine(), **provenance()}, indent=2) + "\n")
     return timings

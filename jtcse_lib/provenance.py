@@ -34,6 +34,22 @@ def versions() -> dict[str, str]:
     return out
 
 
+def machine() -> dict:
+    """The host a timing was measured on: CPU model, logical cores, memory."""
+    import os
+
+    info = {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()}
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        info["processor"] = next(l.split(":", 1)[1].strip() for l in cpuinfo.splitlines() if l.startswith("model name"))
+        meminfo = Path("/proc/meminfo").read_text()
+        kib = int(next(l.split()[1] for l in meminfo.splitlines() if l.startswith("MemTotal")))
+        info["memory_gib"] = round(kib / 2**20, 1)
+    except (OSError, StopIteration, ValueError):
+        pass  # not Linux: keep what platform reports
+    return info
+
+
 def device_description(device=None) -> str:
     """'cpu (N threads, <processor>)' or the CUDA device name."""
     import torch

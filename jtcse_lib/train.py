@@ -468,12 +468,12 @@ class Trainer:
                 self._log({"step": self.step, "epoch": self.epoch, **values,
                            "lr": self.scheduler.get_last_lr()[0], "seconds": round(self.elapsed(), 2)})
                 last_loss = f"{values['loss']:.4f}"
-                bar.set_postfix(loss=last_loss, dev=f"{self.best_dev:.2f}")
+                bar.set_postfix(loss=last_loss, best_dev=_shown(self.best_dev))
                 sums, n_logged = {}, 0
 
             if self.step % cfg.eval_every == 0 or self.step == self.total_steps:
                 dev = self._evaluate()
-                bar.set_postfix(loss=last_loss, dev=f"{dev:.2f}", best=f"{self.best_dev:.2f}")
+                bar.set_postfix(loss=last_loss, dev=f"{dev:.2f}", best_dev=_shown(self.best_dev))
 
             if self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps:
                 self._save_checkpoint()
@@ -488,3 +488,8 @@ class Trainer:
             "config": cfg.to_dict(), **provenance(self.device),
         })
         return result
+
+
+def _shown(score: float) -> str:
+    """A dev score for the progress bar: '-' before the first candidate (step 0 is not one)."""
+    return f"{score:.2f}" if math.isfinite(score) else "-"

@@ -20,6 +20,8 @@ def test_overrides_are_parsed_as_yaml():
     assert cfg.batch_size == 8 and cfg.cross_attention_layers == [0, 2] and cfg.dropout is None
     assert cfg.lr_joint == 2e-5 and cfg.modulus_variant == "paper"
     assert with_overrides(cfg, {"w_modulus": 0}).w_modulus == 0.0
+    assert load_profile("smoke", ["ablations=all"]).ablations == "all"
+    assert load_profile("smoke", ["ablations=[reference, tncse]"]).ablations == ["reference", "tncse"]
 
 
 def test_unknown_profile_lists_the_known_ones():
@@ -43,6 +45,8 @@ def test_unknown_key_is_named():
     ("cross_attention_layers=-2", "'cross_attention_layers': must be a count >= 0"),
     ("dropout=1.5", "'dropout': must be in"),
     ("dev_pairs=3", "'dev_pairs': must be 10 or more"),
+    ("ablations=[reference,no_moduls]", "'ablations': must be 'all' or a list of reference, no_modulus"),
+    ("ablations=some", "'ablations': must be 'all' or a list"),
 ])
 def test_impossible_values_are_rejected(override, message):
     with pytest.raises(ConfigError, match=message):

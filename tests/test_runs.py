@@ -1,5 +1,7 @@
 """The run cache: keys, reuse across ablations, completeness marker; the pipeline's notebook selection."""
 
+import os
+
 import pytest
 
 from jtcse_lib import pipeline, runs
@@ -92,3 +94,13 @@ def test_pipeline_names_the_failing_cell(tmp_path, monkeypatch):
     with pytest.raises(pipeline.NotebookFailed, match=r"01_fails.ipynb failed in cell .*ValueError: boom"):
         pipeline.run_pipeline("smoke", notebooks_dir=folder, out_dir=tmp_path / "out")
     assert (tmp_path / "out" / "01_fails.ipynb").is_file()
+
+
+def test_pipeline_makes_relative_data_and_runs_dirs_absolute(tmp_path, monkeypatch):
+    # the kernels run in notebooks/, where a relative $JTCSE_DATA_DIR would name another folder
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("JTCSE_DATA_DIR", "../shared/data")
+    monkeypatch.setenv("JTCSE_RUNS_DIR", "runs")
+    pipeline.absolute_path_env()
+    assert os.environ["JTCSE_DATA_DIR"] == str((tmp_path / "../shared/data").resolve())
+    assert os.environ["JTCSE_RUNS_DIR"] == str(tmp_path / "runs")
