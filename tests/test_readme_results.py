@@ -1,0 +1,55 @@
+"""The README's results block is generated from results/cpu/ and must match it."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from jtcse_lib.report import COLUMNS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("readme_results", ROOT / "tools" / "readme_results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_results(folder: Path) -> None:
+    rows = [{"model": "MiniLM-L6 backbone, cls", "seed": None, **{c: 70.0 for c in COLUMNS}}]
+    for seed, simcse, jtcse in ((1, 80.0, 81.0), (2, 82.0, 81.5)):
+        rows.append({"model": "SimCSE tower A", "seed": seed, **{c: simcse for c in COLUMNS}})
+        rows.append({"model": "JTCSE (twin)", "seed": seed, **{c: jtcse for c in COLUMNS}})
+    pd.DataFrame(rows).to_csv(folder / "sts_results.csv", index=False)
+    config = {"backbone": "minilm", "corpus": "wiki1m_subset", "batch_size": 32, "max_length": 32, "max_steps": 60,
+              "eval_every": 20, "seeds": [1, 2], "test_pairs": None}
+    (folder / "sts_results.meta.json").write_text(json.dumps({"config": config}))
+    (folder / "pipeline_timings.json").write_text(json.dumps({
+        "seconds": {"01_a.ipynb": 60.0, "02_b.ipynb": 120.0}, "total_seconds": 180.0, "git_commit": "0123456789abcdef",
+        "created": "2026-11-27T00:00:00+00:00", "machine": {"cpus": 2, "processor": "cpu", "memory_gib": 24.0}}))
+
+
+def test_render_reports_mean_sd_and_seedwise_differences(tmp_path):
+    _write_results(tmp_path)
+    block = _tool().render(tmp_path)
+    assert "| SimCSE tower A | 2 | 81.00 ± 1.41 |" in block  # mean 81, sample sd sqrt(2)
+    assert "| JTCSE (twin) | 2 | 81.25 ± 0.35 |" in block
+    # JTCSE - SimCSE per seed: +1.0 and -0.5 -> mean +0.25, sd 1.06
+    assert "JTCSE (twin) − SimCSE tower A: **+0.25** Avg points, sd 1.06 over 2 seeds" in block
+    assert "**3 min** for the six notebooks" in block
+    assert "TNCSE (twin)" not in block.split("**The paper**")[0]  # no row or comparison for an absent model
+
+
+def test_readme_block_is_up_to_date_with_committed_results():
+    results = ROOT / "results" / "cpu"
+    if not (results / "pipeline_timings.json").is_file():
+        pytest.fail("results/cpu/ has no complete `make reproduce` run; run it and commit results/cpu/")
+    tool = _tool()
+    text = (ROOT / "README.md").read_text(encoding="utf8")
+    assert tool.BEGIN in text and tool.END in text
+    block = tool.BEGIN + text.split(tool.BEGIN, 1)[1].split(tool.END, 1)[0] + tool.END
+    assert block == tool.render(results), "README results block is stale: run python tools/readme_results.py"
