@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -55,8 +56,13 @@ def absolute_path_env(names=("JTCSE_DATA_DIR", "JTCSE_RUNS_DIR")) -> None:
 
 def run_pipeline(profile: str, start: str | None = None, only: list[str] | None = None,
                  overrides: dict | list[str] | None = None, out_dir: Path | None = None, kernel_name: str | None = None,
-                 notebooks_dir: Path = NOTEBOOKS_DIR) -> dict[str, float]:
-    """Execute the selected notebooks in order; returns {notebook: seconds}. Raises NotebookFailed."""
+                 notebooks_dir: Path = NOTEBOOKS_DIR, stream=None) -> dict[str, float]:
+    """Execute the selected notebooks in order; returns {notebook: seconds}. Raises NotebookFailed.
+
+    The kernels' printed output and progress bars (training steps, encoding) go live to `stream` (default:
+    this process's stderr), so a long headless run shows where it is.
+    """
+    stream = sys.stderr if stream is None else stream
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -77,7 +83,7 @@ def run_pipeline(profile: str, start: str | None = None, only: list[str] | None 
         try:
             papermill.execute_notebook(str(nb), str(out), parameters={"profile": profile, "overrides": overrides or {}},
                                        cwd=str(nb.parent), kernel_name=kernel_name, progress_bar=False,
-                                       log_output=False)
+                                       log_output=False, stdout_file=stream, stderr_file=stream)
         except PapermillExecutionError as e:
             raise NotebookFailed(f"{nb.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}",
                                  f"open {out} to see the cell and its traceback; rerun with --only {nb.name[:2]}") from None
