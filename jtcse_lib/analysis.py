@@ -250,7 +250,7 @@ def attention_sink_report(
     summed over non-pad query tokens and divided by the total count (the same as one big batch); E_CLS is
     averaged over sentences. One eager forward per batch gives both.
     """
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     sentences = list(sentences)
     if not sentences:
@@ -258,7 +258,7 @@ def attention_sink_report(
     sums: dict | None = None
     e_rows, cls_norms, n_tokens = [], [], 0
     starts = range(0, len(sentences), batch_size)
-    for start in tqdm(starts, desc=desc, disable=not progress, total=len(starts)):
+    for start in progress_bar(starts, desc=desc, disable=not progress, total=len(starts)):
         batch = tokenizer(
             sentences[start : start + batch_size],
             padding=True, truncation=True, max_length=max_length, return_tensors="pt",
@@ -321,9 +321,8 @@ def dropout_pair_geometry(
         {"k", "t", "l_tn", "norm" (= ||h_n||)} and, with a pooler, {"k_pooled", "t_pooled", "l_tn_pooled"}:
         numpy float64 arrays (N,) in the order of ``sentences``.
     """
-    from tqdm.auto import tqdm
-
     from .losses import modulus_gap
+    from .progress import progress_bar
 
     sentences = list(sentences)
     if not sentences:
@@ -343,7 +342,7 @@ def dropout_pair_geometry(
         with torch.random.fork_rng(devices=rng_devices), torch.no_grad():
             torch.manual_seed(seed)
             model.train()  # dropout on: two passes of the same tokens give two views
-            for start in tqdm(starts, desc=desc, disable=not progress, total=len(starts)):
+            for start in progress_bar(starts, desc=desc, disable=not progress, total=len(starts)):
                 batch = tokenizer(ordered[start : start + batch_size], padding=True, truncation=True,
                                   max_length=max_length, return_tensors="pt")
                 inputs = {k: batch[k].repeat(2, 1).to(device) for k in keys if k in batch}  # (2b, L): [batch; batch]

@@ -22,11 +22,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from scipy.stats import rankdata, spearmanr
-from tqdm.auto import tqdm
 
 from .backbones import is_twin_dir, load_backbone, model_inputs
 from .data import STS_TASKS, PairSet, load_stsb, load_task
 from .errors import ConfigError
+from .progress import progress_bar
 
 POOLINGS = ("cls", "mean", "pooler")
 Encoder = Callable[[Sequence[str]], np.ndarray]
@@ -83,7 +83,7 @@ def encode(model, tokenizer, sentences: Sequence[str], pooling: str = "cls", bat
     was_training = model.training
     model.eval()
     try:
-        bar = tqdm(total=len(unique), desc=desc, unit="sent", disable=not progress, leave=False)
+        bar = progress_bar(total=len(unique), desc=desc, unit="sent", disable=not progress, leave=False)
         for start in range(0, len(unique), batch_size):
             idx = order[start:start + batch_size]
             batch = tokenizer.pad({k: [tokens[k][i] for i in idx] for k in keys}, return_tensors="pt")

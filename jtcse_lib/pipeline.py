@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from .errors import JtcseError
+from .progress import TEXT_PROGRESS_ENV
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -47,11 +48,13 @@ def select(paths: list[Path], start: str | None = None, only: list[str] | None =
     return paths
 
 
-def absolute_path_env(names=("JTCSE_DATA_DIR", "JTCSE_RUNS_DIR")) -> None:
-    """Kernels run in notebooks/, so a relative $JTCSE_DATA_DIR would point elsewhere there: resolve it here."""
+def kernel_env(names=("JTCSE_DATA_DIR", "JTCSE_RUNS_DIR")) -> None:
+    """The environment the kernels inherit. They run in notebooks/, so a relative $JTCSE_DATA_DIR would point
+    elsewhere there: resolve it here. And text progress bars, which papermill streams (widgets it cannot)."""
     for var in names:
         if os.environ.get(var):
             os.environ[var] = str(Path(os.environ[var]).resolve())
+    os.environ[TEXT_PROGRESS_ENV] = "1"
 
 
 def run_pipeline(profile: str, start: str | None = None, only: list[str] | None = None,
@@ -70,7 +73,7 @@ def run_pipeline(profile: str, start: str | None = None, only: list[str] | None 
     from .runs import runs_root
 
     load_profile(profile, overrides)  # fail early on an unknown profile or key, before any kernel starts
-    absolute_path_env()
+    kernel_env()
     out_dir = Path(out_dir) if out_dir else runs_root() / profile / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     chosen = select(notebooks(notebooks_dir), start, only)

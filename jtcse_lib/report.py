@@ -66,7 +66,7 @@ def write_table(df: pd.DataFrame, profile: str, name: str, config: dict | None =
     """Write `results/<profile>/<name>.csv` and a `<name>.meta.json` with the config and provenance."""
     folder = results_dir(profile)
     path = folder / f"{name}.csv"
-    df.to_csv(path, index=False, float_format="%.4f")
+    df.to_csv(path, index=False, float_format="%.6g")  # 6 significant digits: keeps lr 3e-05
     meta = {"table": path.name, "profile": profile, "config": config, **provenance()}
     (folder / f"{name}.meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return path

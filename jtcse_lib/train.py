@@ -42,6 +42,7 @@ from .errors import ConfigError, JtcseError
 from .evaluate import SumEncoder, TowerEncoder, stsb_dev_score
 from .losses import cross_nt_xent, distillation_kl, nt_xent, tensor_modulus_loss
 from .model import TwinTower
+from .progress import progress_bar
 from .provenance import provenance
 
 TWIN_STAGES = ("tncse", "jtcse")
@@ -429,7 +430,7 @@ class Trainer:
             self._evaluate(candidate=False)
 
         self.model.train()
-        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.stage, unit="step", disable=not self.progress,
+        bar = progress_bar(total=self.total_steps, initial=self.step, desc=self.stage, unit="step", disable=not self.progress,
                    dynamic_ncols=True)
         sums: dict[str, torch.Tensor] = {}
         n_logged, last_loss = 0, "-"

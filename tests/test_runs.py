@@ -96,11 +96,16 @@ def test_pipeline_names_the_failing_cell(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "01_fails.ipynb").is_file()
 
 
-def test_pipeline_makes_relative_data_and_runs_dirs_absolute(tmp_path, monkeypatch):
+def test_pipeline_kernel_env_has_absolute_dirs_and_text_progress(tmp_path, monkeypatch):
     # the kernels run in notebooks/, where a relative $JTCSE_DATA_DIR would name another folder
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("JTCSE_DATA_DIR", "../shared/data")
     monkeypatch.setenv("JTCSE_RUNS_DIR", "runs")
-    pipeline.absolute_path_env()
+    monkeypatch.delenv("JTCSE_TEXT_PROGRESS", raising=False)
+    pipeline.kernel_env()
     assert os.environ["JTCSE_DATA_DIR"] == str((tmp_path / "../shared/data").resolve())
     assert os.environ["JTCSE_RUNS_DIR"] == str(tmp_path / "runs")
+    # papermill cannot stream widget bars; the kernels get text bars
+    from jtcse_lib.progress import progress_bar
+    with progress_bar(total=1, disable=True) as bar:
+        assert type(bar).__module__ == "tqdm.std"

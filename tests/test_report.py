@@ -1,0 +1,27 @@
+"""Results tables: what write_table stores, and the mean ± sd formatting of the README."""
+
+import json
+
+import pandas as pd
+
+from jtcse_lib import report
+from jtcse_lib.report import COLUMNS, format_mean_sd, write_table
+
+
+def test_write_table_keeps_small_values_and_records_provenance(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "results_dir", lambda profile: tmp_path)
+    table = pd.DataFrame({"stage": ["simcse_a"], "lr": [3e-5], "score": [83.24387079], "delta": [-0.0123]})
+    path = write_table(table, "cpu", "runs", config={"lr": 3e-5})
+    back = pd.read_csv(path)
+    assert back.loc[0, "lr"] == 3e-5  # a fixed "%.4f" would have written 0.0000
+    assert abs(back.loc[0, "score"] - 83.2439) < 1e-9 and back.loc[0, "delta"] == -0.0123
+    meta = json.loads((tmp_path / "runs.meta.json").read_text())
+    assert meta["config"] == {"lr": 3e-5} and "git_commit" in meta and "versions" in meta
+
+
+def test_format_mean_sd_omits_sd_for_one_seed():
+    rows = [{"model": "a", "seed": 1, **{c: 80.0 for c in COLUMNS}},
+            {"model": "b", "seed": 1, **{c: 70.0 for c in COLUMNS}}, {"model": "b", "seed": 2, **{c: 72.0 for c in COLUMNS}}]
+    out = format_mean_sd(pd.DataFrame(rows))
+    assert out.loc["a", "Avg."] == "80.00" and out.loc["b", "Avg."] == "71.00 ± 1.41"
+    assert list(out["seeds"]) == [1, 2]
