@@ -70,7 +70,7 @@ def run_pipeline(profile: str, start: str | None = None, only: list[str] | None 
     from papermill.exceptions import PapermillExecutionError
 
     from .config import load_profile
-    from .runs import runs_root
+    from .runs import copy_run_records, runs_root
 
     load_profile(profile, overrides)  # fail early on an unknown profile or key, before any kernel starts
     kernel_env()
@@ -102,4 +102,5 @@ def run_pipeline(profile: str, start: str | None = None, only: list[str] | None 
 
         (results_dir(profile) / "pipeline_timings.json").write_text(
             json.dumps({**record, "machine": machine(), **provenance()}, indent=2) + "\n")
+        copy_run_records(profile, results_dir(profile) / "runs")
     return timings

@@ -151,3 +151,18 @@ def sts_scores(config: RunConfig, stage: str | None, pooling: str = "cls", boots
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(cache)
     return result
+
+
+def copy_run_records(profile: str, dest: Path) -> list[Path]:
+    """Copy each run's small records (result.json: config, commit, versions, wall time, best step; metrics.jsonl;
+    the cached sts_*.json test scores) to `dest/<run>/`, so that a committed results folder holds them without
+    the model weights."""
+    copied = []
+    for run in sorted(p for p in (runs_root() / profile).iterdir() if p.is_dir() and "-" in p.name):
+        files = [f for f in (run / "result.json", run / "metrics.jsonl") if f.is_file()] + sorted(run.glob("sts_*.json"))
+        for f in files:
+            target = Path(dest) / run.name / f.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(f.read_bytes())
+            copied.append(target)
+    return copied

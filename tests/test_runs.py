@@ -109,3 +109,17 @@ def test_pipeline_kernel_env_has_absolute_dirs_and_text_progress(tmp_path, monke
     from jtcse_lib.progress import progress_bar
     with progress_bar(total=1, disable=True) as bar:
         assert type(bar).__module__ == "tqdm.std"
+
+
+def test_copy_run_records_takes_the_records_not_the_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("JTCSE_RUNS_DIR", str(tmp_path / "runs"))
+    run = tmp_path / "runs" / "cpu" / "jtcse-abc123"
+    (run / "best").mkdir(parents=True)
+    (run / "best" / "model.safetensors").write_bytes(b"weights")
+    for name in ("result.json", "metrics.jsonl", "sts_cls_all_1000.json", "config.json"):
+        (run / name).write_text(name)
+    (tmp_path / "runs" / "cpu" / "cache").mkdir()  # not a run folder
+    copied = runs.copy_run_records("cpu", tmp_path / "out")
+    assert sorted(p.name for p in copied) == ["metrics.jsonl", "result.json", "sts_cls_all_1000.json"]
+    assert (tmp_path / "out" / "jtcse-abc123" / "result.json").read_text() == "result.json"
+    assert not (tmp_path / "out" / "cache").exists()
