@@ -70,13 +70,16 @@ def render(results: Path = ROOT / "results" / "cpu") -> str:
            f"(twins: sum of the two towers' [CLS]).", "",
            "**This run** (Spearman × 100, mean ± sd over seeds; `results/cpu/sts_results.csv`):", "",
            to_markdown(format_mean_sd(sts).rename_axis("model")), "",
-           "**The paper** (BERT-base, 1M Wiki sentences, GPU; `../shared/PAPER.md`). Not comparable with the table "
-           "above: different backbone, 33x less data, a few hundred steps:", "",
+           "**The paper** (BERT-base / unsup-SimCSE-BERT from the SimCSE paper; `../shared/PAPER.md`). Not comparable "
+           f"with the table above: a different backbone (BERT-base, not a sentence-embedding model already trained on "
+           f"1B pairs), and one epoch over 1M sentences per stage where this run sees {config['max_steps']} x "
+           f"{config['batch_size']} = {config['max_steps'] * config['batch_size']:,} sentences per stage:", "",
            to_markdown(PAPER_TABLE.loc[PAPER_ROWS].rename(columns=SHORT).rename_axis("paper")), "",
            "Differences in the seven-task average (this run):", "", *_comparisons(sts), ""]
     ablations = results / "ablations.csv"
     if ablations.is_file():
         table = pd.read_csv(ablations)
+        table["delta_avg"] = table["delta_avg"].map(lambda v: f"{v:+.2f}")
         shown = table[["ablation", "changed", "avg", "delta_avg"]].rename(
             columns={"avg": "Avg.", "delta_avg": "Δ Avg. vs full JTCSE"}).set_index("ablation")
         out += [f"**Ablations** (notebook 06, seed {config['seeds'][0]}, one change each; `results/cpu/ablations.csv`):",
