@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .progress import progress_bar
+
 __all__ = [
     "AttentionSinkReport",
     "attention_mass",
@@ -250,8 +252,6 @@ def attention_sink_report(
     summed over non-pad query tokens and divided by the total count (the same as one big batch); E_CLS is
     averaged over sentences. One eager forward per batch gives both.
     """
-    from .progress import progress_bar
-
     sentences = list(sentences)
     if not sentences:
         raise ValueError("no sentences given")
@@ -322,8 +322,6 @@ def dropout_pair_geometry(
         numpy float64 arrays (N,) in the order of ``sentences``.
     """
     from .losses import modulus_gap
-    from .progress import progress_bar
-
     sentences = list(sentences)
     if not sentences:
         raise ValueError("no sentences given")

@@ -158,7 +158,7 @@ _FIELDS = {f.name: f for f in fields(RunConfig)}
 def _coerce(key: str, value: Any) -> Any:
     """A value of the YAML file or of a `key=value` override (a string parsed as YAML) for one key."""
     if isinstance(value, str) and key not in ("profile", "backbone", "corpus", "modulus_variant", "scheduler",
-                                              "precision", "distill_init") and value != "all":
+                                              "precision", "distill_init"):
         try:
             value = yaml.safe_load(value)
         except yaml.YAMLError as e:

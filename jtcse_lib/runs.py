@@ -10,7 +10,8 @@ Stages and what they start from (per seed):
     simcse_a, simcse_b  <- the backbone
     tncse, jtcse        <- (simcse_a, simcse_b)
     distill             <- jtcse (the teacher)
-STS test scores are cached beside the model (`sts_<pooling>.json`) so that tables never re-encode.
+STS test scores are cached beside the model (`sts_<pooling>_<test_pairs>_<bootstrap>.json`) so that tables
+never re-encode.
 """
 
 from __future__ import annotations

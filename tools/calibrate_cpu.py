@@ -46,32 +46,25 @@ def main() -> int:
     base = load_profile("cpu", FIXED)
     rows = []
 
-    def save():
+    def train(cfg, stage: str, lr: float) -> None:
+        """Train `stage` under `cfg` (or reuse it), add its row and rewrite the table."""
+        started = time.perf_counter()
+        runs.model_path(cfg, stage)
+        rows.append(record(cfg, stage, lr, started))
         table = pd.DataFrame(rows)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(args.out, index=False)
         print(table.to_string(index=False), flush=True)
 
     for lr in LR_STAGE1:
-        t = time.perf_counter()
-        cfg = base.replace(lr_simcse_a=lr)
-        runs.model_path(cfg, "simcse_a")
-        rows.append(record(cfg, "simcse_a", lr, t))
-        save()
+        train(base.replace(lr_simcse_a=lr), "simcse_a", lr)
     ranked = sorted((r for r in rows if r["stage"] == "simcse_a"), key=lambda r: -r["best_stsb_dev"])
     lr_a, lr_b = ranked[0]["lr"], ranked[1]["lr"]
     print(f"stage 1: lr_simcse_a={lr_a:g} (best), lr_simcse_b={lr_b:g} (runner-up)", flush=True)
     base = base.replace(lr_simcse_a=lr_a, lr_simcse_b=lr_b)
-    t = time.perf_counter()
-    runs.model_path(base, "simcse_b")
-    rows.append(record(base, "simcse_b", lr_b, t))
-    save()
+    train(base, "simcse_b", lr_b)
     for lr in LR_STAGE2:
-        t = time.perf_counter()
-        cfg = base.replace(lr_joint=lr)
-        runs.model_path(cfg, "jtcse")
-        rows.append(record(cfg, "jtcse", lr, t))
-        save()
+        train(base.replace(lr_joint=lr), "jtcse", lr)
     Path(args.out).with_suffix(".meta.json").write_text(
         pd.Series({"fixed": FIXED, **provenance()}).to_json(indent=2) + "\n")
     return 0
