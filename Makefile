@@ -7,7 +7,7 @@ BIN       := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PROFILE   ?= cpu
 
-.PHONY: setup reproduce test figures lab bench clean
+.PHONY: setup reproduce test figures book lab bench clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,10 @@ test: setup
 	$(BIN)/python -m pytest tests --ignore=tests/test_pipeline.py --nbval-lax notebooks
 	$(BIN)/python -m pytest tests/test_pipeline.py
 
+# A static HTML site of the published notebooks (docs/notebooks/) in build/book/ (nbconvert, no Node).
+book: setup
+	$(BIN)/python tools/build_book.py
+
 bench: setup
 	$(BIN)/python bench/encode.py
 
@@ -40,4 +44,4 @@ lab: setup
 	$(BIN)/jupyter lab notebooks/
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs build .pytest_cache

@@ -30,6 +30,17 @@ def _twin_dir(model: str) -> Path | None:
     return Path(model) if is_twin_dir(model) else None
 
 
+def _model_args(args) -> None:
+    """A run folder stands for its best/ model wherever a model folder is expected (--model, --init, --teacher)."""
+    from .backbones import model_folder
+
+    for name in ("model", "teacher"):
+        if getattr(args, name, None):
+            setattr(args, name, model_folder(getattr(args, name)))
+    if getattr(args, "init", None):
+        args.init = [model_folder(m) for m in args.init]
+
+
 def cmd_evaluate(args) -> int:
     import torch
 
@@ -159,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-length", type=int, default=None, help="truncate sentences (default: the model's limit)")
     ev.add_argument("--bootstrap", type=int, default=0, help="resamples for 95%% intervals (0: none)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
-    ev.add_argument("--data-dir", default=None, help="data folder (default: $JTCSE_DATA_DIR, then ./data)")
+    ev.add_argument("--data-dir", default=None, help="data folder (default: $JTCSE_DATA_DIR, else the shipped data)")
     ev.add_argument("--out", default=None, help="write the result JSON here")
     ev.set_defaults(func=cmd_evaluate)
 
@@ -194,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=cmd_pipeline)
 
     dl = sub.add_parser("download-data", help="fetch SentEval and Wiki1M from the Hugging Face Hub")
-    dl.add_argument("--dest", default="data")
+    dl.add_argument("--dest", default="data-full", help="folder to write (default: ./data-full)")
     dl.add_argument("--no-corpus", action="store_true", help="SentEval only, without the 1M-sentence corpus")
     dl.set_defaults(func=cmd_download_data)
     return parser
@@ -204,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _model_args(args)
         return args.func(args)
     except JtcseError as e:
         if args.debug:

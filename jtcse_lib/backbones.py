@@ -90,6 +90,16 @@ def is_twin_dir(path: str | os.PathLike) -> bool:
     return all((path / tower / "config.json").is_file() for tower in ("tower_a", "tower_b"))
 
 
+def model_folder(name: str | os.PathLike) -> str:
+    """A run folder (what `train --out` writes: best/, checkpoint/, metrics.jsonl) stands for its best model,
+    `RUN/best`; any other name is returned unchanged. So `--teacher RUN` means what `--teacher RUN/best` means."""
+    path = Path(name).expanduser()
+    if (path.is_dir() and not (path / "config.json").is_file() and not is_twin_dir(path)
+            and ((path / "best" / "config.json").is_file() or is_twin_dir(path / "best"))):
+        return str(path / "best")
+    return str(name)
+
+
 def model_inputs(batch) -> dict:
     """The keys an encoder's forward takes; RoBERTa-style tokenizers give no token_type_ids."""
     return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}

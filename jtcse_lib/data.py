@@ -1,11 +1,15 @@
 """Data: where it lives, the SentEval STS/SICK-R loaders, the unlabelled training corpus.
 
-Layout of a data folder (the same as `../shared/data` and as `download-data` writes)::
+Layout of a data folder (the shipped archive, `$JTCSE_DATA_DIR` and `download-data` all use it)::
 
     DATA_DIR/senteval/STS/STS12-en-test/STS.input.<subset>.txt  + STS.gs.<subset>.txt
     DATA_DIR/senteval/STS/STSBenchmark/sts-{train,dev,test}.csv
     DATA_DIR/senteval/SICK/SICK_{train,trial,test_annotated}.txt
+    DATA_DIR/senteval/{MR,CR,SUBJ,MPQA,SST,TREC,MRPC}/...   (the transfer tasks, read by jtcse_lib.transfer)
     DATA_DIR/wiki/wiki1m_subset.txt   (or wiki1m_for_simcse.txt, the full corpus)
+
+Where it comes from: `$JTCSE_DATA_DIR` when set, else the data the repository ships (`data/jtcse-data.tar.xz`,
+see data/README.md), unpacked on first use into the cache folder and verified against `data/MANIFEST.sha256`.
 
 The loaders follow SentEval exactly (the code SimCSE, TNCSE and JTCSE evaluate with): sentences are split
 on whitespace and re-joined with single spaces, a blank gold line drops its pair, STS-B takes the score from
@@ -15,10 +19,13 @@ from column 4. Anything else malformed stops with the file and line number.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import shutil
 import tarfile
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +34,10 @@ import numpy as np
 from .errors import DataError
 
 DATA_ENV = "JTCSE_DATA_DIR"
+CACHE_ENV = "JTCSE_CACHE_DIR"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_DIR = REPO_ROOT / "data"
+ARCHIVE_NAME, MANIFEST_NAME = "jtcse-data.tar.xz", "MANIFEST.sha256"
 HUB_DATASET = "princeton-nlp/datasets-for-simcse"
 CORPORA = {"wiki1m_subset": "wiki/wiki1m_subset.txt", "wiki1m": "wiki/wiki1m_for_simcse.txt"}
 
@@ -39,8 +50,8 @@ STS_SUBSETS: dict[str, tuple[str, ...]] = {
     "STS16": ("answer-answer", "headlines", "plagiarism", "postediting", "question-question"),
 }
 STS_TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICKRelatedness")
-_FETCH_FIX = (f"set {DATA_ENV} to a folder laid out like SentEval (see jtcse_lib/data.py), "
-              "or run `python -m jtcse_lib download-data` on a machine with internet")
+_FETCH_FIX = (f"unset {DATA_ENV} to use the data the repository ships, or point it at a folder laid out as "
+              "data/README.md describes (`python -m jtcse_lib download-data --dest DIR` writes one)")
 
 
 @dataclass(frozen=True)
@@ -62,19 +73,125 @@ class PairSet:
         return PairSet(self.name, self.sent1[:n], self.sent2[:n], self.gold[:n])
 
 
+# ---------------------------------------------------------------- the cache folder and content digests
+
+def cache_root() -> Path:
+    """The one folder for derived data: the unpacked shipped data, tokenised corpora.
+    `$JTCSE_CACHE_DIR`, else `.cache/` at the repository root."""
+    return Path(os.environ.get(CACHE_ENV) or REPO_ROOT / ".cache").expanduser().resolve()
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def content_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (hex); memoised per process on (path, size, mtime), so a file edited in
+    place gets a new digest. Caches and run keys use it: what counts is the data, not where it lies."""
+    path = Path(path).resolve()
+    try:
+        st = path.stat()
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        if key not in _DIGESTS:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            _DIGESTS[key] = h.hexdigest()
+    except OSError as e:
+        raise DataError(f"cannot read {path} ({e.strerror or e})", _FETCH_FIX) from None
+    return _DIGESTS[key]
+
+
+# ---------------------------------------------------------------- the shipped data
+
+def _manifest(folder: Path = SHIPPED_DIR) -> dict[str, str]:
+    """`MANIFEST.sha256` as {relative path: sha256}."""
+    path = folder / MANIFEST_NAME
+    try:
+        lines = path.read_text(encoding="utf8").splitlines()
+        entries = dict(reversed(line.split(None, 1)) for line in lines if line.strip())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"the data manifest {path} is missing or unreadable ({e})",
+                        f"restore data/ from git (git checkout -- data), or set {DATA_ENV}") from None
+    return {name.strip(): digest for name, digest in entries.items()}
+
+
+def _matches(folder: Path, manifest: dict[str, str]) -> bool:
+    """Every file of the manifest is in `folder` with the listed SHA-256."""
+    return all((folder / name).is_file() and content_digest(folder / name) == digest
+               for name, digest in manifest.items())
+
+
+_VERIFIED: set[Path] = set()
+
+
+def shipped_data_dir(folder: Path = SHIPPED_DIR) -> Path:
+    """The shipped data, unpacked into `cache_root()/data/<manifest digest>/` on first use.
+
+    The archive is extracted into a temporary folder, every file is checked against the manifest, and only then
+    is the folder renamed into place; a folder already there is re-verified once per process and, if a file is
+    missing or altered (a partial or corrupted unpack), moved aside and unpacked again. Never read unverified.
+    """
+    manifest = _manifest(folder)
+    digest = hashlib.sha256((folder / MANIFEST_NAME).read_bytes()).hexdigest()[:12]
+    root = cache_root() / "data"
+    target = root / digest
+    if target in _VERIFIED:
+        return target
+    archive = folder / ARCHIVE_NAME
+    if not archive.is_file():
+        raise DataError(f"the shipped data archive {archive} is missing",
+                        f"restore it from git (git checkout -- data), or set {DATA_ENV} to a data folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with open(root / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one process unpacks; the others wait, then verify
+            if target.is_dir() and not _matches(target, manifest):
+                aside = root / f".{digest}.bad-{uuid.uuid4().hex[:8]}"
+                target.rename(aside)
+                shutil.rmtree(aside, ignore_errors=True)
+            if not target.is_dir():
+                _unpack(archive, manifest, root, target)
+    except OSError as e:
+        raise DataError(f"cannot unpack the shipped data into {root} ({e.strerror or e})",
+                        f"free disk space or make it writable, or set {CACHE_ENV} to a writable folder") from None
+    _VERIFIED.add(target)
+    return target
+
+
+def _unpack(archive: Path, manifest: dict[str, str], root: Path, target: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".unpack-"))
+    try:
+        try:
+            with tarfile.open(archive, "r:xz") as tar:
+                tar.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+        except (tarfile.TarError, EOFError, ValueError) as e:  # lzma errors are ValueError/EOFError subclasses
+            raise DataError(f"the shipped data archive {archive} is damaged ({e})",
+                            "restore it from git (git checkout -- data)") from None
+        bad = sorted(name for name, digest in manifest.items()
+                     if not (tmp / name).is_file() or content_digest(tmp / name) != digest)
+        if bad:
+            raise DataError(f"the shipped data archive {archive} does not match {MANIFEST_NAME} "
+                            f"({len(bad)} file(s), e.g. {bad[0]})", "restore data/ from git (git checkout -- data)")
+        tmp.rename(target)  # atomic: the folder appears complete or not at all
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 # ---------------------------------------------------------------- data folder
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """The data folder: the explicit argument, else $JTCSE_DATA_DIR, else ./data. Must hold senteval/."""
+    """The data folder: the explicit argument, else $JTCSE_DATA_DIR, else the shipped data. Must hold senteval/."""
+    if data_dir is None and not os.environ.get(DATA_ENV):
+        return shipped_data_dir()
     if data_dir is not None:
         source, path = "the data_dir argument", Path(data_dir)
-    elif os.environ.get(DATA_ENV):
-        source, path = f"${DATA_ENV}", Path(os.environ[DATA_ENV])
     else:
-        source, path = "the default ./data", Path("data")
+        source, path = f"${DATA_ENV}", Path(os.environ[DATA_ENV])
     path = path.expanduser().resolve()
     if not path.is_dir():
-        raise DataError(f"data folder {path} (from {source}) does not exist", _FETCH_FIX)
+        kind = "is not a folder" if path.exists() else "does not exist"
+        raise DataError(f"data folder {path} (from {source}) {kind}", _FETCH_FIX)
     if not (path / "senteval").is_dir():
         raise DataError(f"data folder {path} (from {source}) has no senteval/ sub-folder", _FETCH_FIX)
     return path
@@ -147,11 +264,15 @@ def load_sts_year(year: str, data_dir=None) -> dict[str, PairSet]:
 
 # ---------------------------------------------------------------- STS-B and SICK-R
 
-def load_stsb(split: str = "test", data_dir=None) -> PairSet:
-    """STS Benchmark split (train/dev/test): tab-separated, score in column 5, sentences in 6 and 7."""
+def stsb_path(split: str = "test", data_dir=None) -> Path:
     if split not in ("train", "dev", "test"):
         raise DataError(f"unknown STS-B split {split!r}", "use train, dev or test")
-    path = resolve_data_dir(data_dir) / "senteval" / "STS" / "STSBenchmark" / f"sts-{split}.csv"
+    return resolve_data_dir(data_dir) / "senteval" / "STS" / "STSBenchmark" / f"sts-{split}.csv"
+
+
+def load_stsb(split: str = "test", data_dir=None) -> PairSet:
+    """STS Benchmark split (train/dev/test): tab-separated, score in column 5, sentences in 6 and 7."""
+    path = stsb_path(split, data_dir)
     s1, s2, gold = [], [], []
     for lineno, line in enumerate(_read_lines(path), start=1):
         if not line.strip():
@@ -184,6 +305,14 @@ def load_sick(split: str = "test", data_dir=None) -> PairSet:
         s2.append(_senteval_text(cols[2]))
         gold.append(_score(cols[3], path, lineno))
     return PairSet(f"SICKRelatedness.{split}", s1, s2, np.asarray(gold, dtype=np.float64))
+
+
+def sts_test_digest(data_dir=None) -> str:
+    """One digest of every file under senteval/STS and senteval/SICK: cached test scores are valid only for it."""
+    root = resolve_data_dir(data_dir) / "senteval"
+    files = sorted(p for folder in ("STS", "SICK") for p in (root / folder).rglob("*") if p.is_file())
+    listing = "".join(f"{p.relative_to(root).as_posix()} {content_digest(p)}\n" for p in files)
+    return hashlib.sha256(listing.encode()).hexdigest()[:16]
 
 
 def load_task(task: str, data_dir=None) -> dict[str, PairSet]:
@@ -283,18 +412,26 @@ def extract_senteval(tar_path: str | os.PathLike, dest: str | os.PathLike) -> Pa
     return target
 
 
-def download_data(dest: str | os.PathLike = "data", full_corpus: bool = True) -> Path:
-    """Fetch SentEval and Wiki1M from the Hugging Face Hub (`princeton-nlp/datasets-for-simcse`)."""
+def download_data(dest: str | os.PathLike = "data-full", full_corpus: bool = True) -> Path:
+    """Fetch SentEval and Wiki1M from the Hugging Face Hub (`princeton-nlp/datasets-for-simcse`) into `dest`.
+
+    Writes the layout of the shipped data (module docstring) and copies the shipped `wiki/wiki1m_subset.txt`
+    beside the full corpus, so every profile runs with `JTCSE_DATA_DIR=dest`.
+    """
     from huggingface_hub import hf_hub_download
 
-    dest = Path(dest).resolve()
-    dest.mkdir(parents=True, exist_ok=True)
+    dest = Path(dest).expanduser().resolve()
+    if dest.exists() and not dest.is_dir():
+        raise DataError(f"download destination {dest} is a file", "pass a folder path with --dest")
+    subset = shipped_data_dir() / CORPORA["wiki1m_subset"]  # before the network: a broken checkout fails first
     try:
+        dest.mkdir(parents=True, exist_ok=True)
         tar = hf_hub_download(HUB_DATASET, "senteval.tar", repo_type="dataset")
         extract_senteval(tar, dest)
+        (dest / "wiki").mkdir(exist_ok=True)
+        shutil.copyfile(subset, dest / CORPORA["wiki1m_subset"])
         if full_corpus:
             wiki = hf_hub_download(HUB_DATASET, "wiki1m_for_simcse.txt", repo_type="dataset")
-            (dest / "wiki").mkdir(exist_ok=True)
             shutil.copyfile(wiki, dest / CORPORA["wiki1m"])
     except DataError:
         raise

@@ -1,6 +1,6 @@
 """Encoding sentences and scoring them with the SentEval STS protocol.
 
-Protocol (SentEval as SimCSE, TNCSE and JTCSE use it; see `../shared/PAPER.md`, "Known pitfalls"):
+Protocol (SentEval as SimCSE, TNCSE and JTCSE use it; see `docs/paper.md`, "Known pitfalls"):
 - score of a pair = cosine similarity of the two sentence embeddings;
 - STS12-16: Spearman correlation of **all sub-sets concatenated** ("all"), not the mean of the sub-sets;
 - STS-B and SICK-R: Spearman on the test split (1379 and 4927 pairs);

@@ -1,9 +1,15 @@
-"""Running the notebooks in order with papermill for a profile.
+"""Running the notebooks in order with papermill for a profile, and publishing the executed copies.
 
 `python -m jtcse_lib pipeline --profile cpu [--from 03] [--only 05]` executes `notebooks/NN_*.ipynb` with the
 parameter `profile` (the notebook loads `params/<profile>.yaml` through `jtcse_lib.config`), writes the executed
 copies to `runs/<profile>/notebooks/`, prints a line per notebook, and stops at the first failing notebook
 naming the cell. Trained models are shared through the run cache (`jtcse_lib.runs`), so nothing trains twice.
+
+A complete run of the committed profile (`cpu`) also publishes its executed notebooks to `docs/notebooks/`, so a
+reader sees every output without running anything (`publish`): streams coalesced with their carriage returns
+applied (the final state of each progress bar), widget outputs dropped (they render only in a live kernel),
+per-cell timestamps and local paths removed. `stale_published` is the check that a published copy still
+matches its source notebook.
 """
 
 from __future__ import annotations
@@ -17,7 +23,11 @@ from pathlib import Path
 from .errors import JtcseError
 from .progress import TEXT_PROGRESS_ENV
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+PUBLISHED_DIR = REPO_ROOT / "docs" / "notebooks"
+PUBLISHED_PROFILE = "cpu"  # the profile whose run is committed (results/cpu, figures/) and published
+_WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
 class NotebookFailed(JtcseError):
@@ -103,4 +113,99 @@ def run_pipeline(profile: str, start: str | None = None, only: list[str] | None 
         (results_dir(profile) / "pipeline_timings.json").write_text(
             json.dumps({**record, "machine": machine(), **provenance()}, indent=2) + "\n")
         copy_run_records(profile, results_dir(profile) / "runs")
+        if profile == PUBLISHED_PROFILE:
+            published = publish(out_dir, [nb.name for nb in chosen])
+            print(f"published {len(published)} executed notebooks to {PUBLISHED_DIR}")
     return timings
+
+
+# ---------------------------------------------------------------- publishing executed notebooks
+
+def _final_text(text: str) -> str:
+    """A stream as a terminal shows it at the end: within a line each carriage return moves back to its start and
+    the next text overwrites (a progress bar's final state); lines a bar cleared (blank at the end) are dropped."""
+    lines = []
+    for line in text.split("\n"):
+        if "\r" not in line:
+            lines.append(line)
+            continue
+        shown = ""
+        for part in line.split("\r"):
+            shown = part + shown[len(part):]
+        if shown.strip():
+            lines.append(shown.rstrip())
+    return "\n".join(lines)
+
+
+def publishable(nb):
+    """A cleaned copy of an executed notebook (nbformat node) for docs/notebooks/."""
+    import copy
+
+    from nbconvert.preprocessors import CoalesceStreamsPreprocessor
+
+    nb = copy.deepcopy(nb)
+    root = str(REPO_ROOT)
+    for cell in nb.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+        if cell.cell_type != "code":
+            continue
+        cell.outputs = [o for o in cell.outputs if _WIDGET not in o.get("data", {})]  # live-kernel-only output
+        CoalesceStreamsPreprocessor().preprocess_cell(cell, {}, 0)
+        for out in cell.outputs:
+            if out.output_type == "stream":
+                out.text = _final_text(out.text).replace(root, ".")
+            for key, value in out.get("data", {}).items():
+                if key.startswith("text/") and isinstance(value, str):
+                    out.data[key] = value.replace(root, ".")
+        cell.outputs = [o for o in cell.outputs if o.output_type != "stream" or o.text.strip()]
+    nb.metadata.pop("widgets", None)
+    params = nb.metadata.get("papermill", {}).get("parameters")
+    nb.metadata.pop("papermill", None)
+    if params is not None:
+        nb.metadata["papermill"] = {"parameters": params}
+    return nb
+
+
+def publish(executed_dir: Path, names: list[str] | None = None, dest: Path = PUBLISHED_DIR) -> list[Path]:
+    """Write the cleaned executed notebooks of `executed_dir` (all, or `names`) to `dest`; returns the paths."""
+    import nbformat
+
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in sorted(Path(executed_dir).glob("[0-9][0-9]_*.ipynb")):
+        if names is None or path.name in names:
+            target = dest / path.name
+            nbformat.write(publishable(nbformat.read(path, as_version=4)), target)
+            written.append(target)
+    return written
+
+
+def stale_published(source_dir: Path = NOTEBOOKS_DIR, published_dir: Path = PUBLISHED_DIR) -> list[str]:
+    """What is wrong with the published copies: missing, code cells that differ from the source notebook, cells
+    never executed, error or widget outputs, uncoalesced progress streams. An empty list means they are current."""
+    import nbformat
+
+    problems = []
+    for source in notebooks(source_dir):
+        copy = Path(published_dir) / source.name
+        if not copy.is_file():
+            problems.append(f"{copy} is missing")
+            continue
+        src_code = [c.source for c in nbformat.read(source, as_version=4).cells if c.cell_type == "code"]
+        pub = [c for c in nbformat.read(copy, as_version=4).cells if c.cell_type == "code"]
+        if src_code != [c.source for c in pub]:
+            differ = [i for i, (a, b) in enumerate(zip(src_code, [c.source for c in pub])) if a != b]
+            where = f"code cell {differ[0] + 1}" if differ else f"{len(src_code)} vs {len(pub)} code cells"
+            problems.append(f"{copy.name}: code differs from {source} ({where}): re-run the pipeline to publish it")
+        for i, cell in enumerate(pub, start=1):
+            if cell.get("execution_count") is None:
+                problems.append(f"{copy.name}: code cell {i} was not executed")
+            for out in cell.get("outputs", []):
+                if out.output_type == "error":
+                    problems.append(f"{copy.name}: code cell {i} holds an error ({out.get('ename')})")
+                elif _WIDGET in out.get("data", {}):
+                    problems.append(f"{copy.name}: code cell {i} holds a widget output")
+                elif out.output_type == "stream" and "\r" in out.text:
+                    problems.append(f"{copy.name}: code cell {i} holds an uncoalesced progress stream")
+    return problems

@@ -20,7 +20,7 @@ from .runs import REPO_ROOT, runs_root
 COLUMNS = [*STS_TASKS, "avg"]
 SHORT = {"STSBenchmark": "STS-B", "SICKRelatedness": "SICK-R", "avg": "Avg."}
 
-# ../shared/PAPER.md, "Reported STS results" (BERT-base / RoBERTa-base, full Wiki1M; Spearman x 100).
+# docs/paper.md, "Reported results" (BERT-base / RoBERTa-base, full Wiki1M; Spearman x 100).
 PAPER_TABLE = pd.DataFrame.from_records([
     ("unsup-SimCSE-BERT", 68.40, 82.41, 74.38, 80.91, 78.56, 76.85, 72.23, 76.25),
     ("TNCSE-BERT", 75.52, 83.91, 77.57, 84.97, 80.42, 81.72, 72.97, 79.58),
@@ -32,7 +32,7 @@ PAPER_TABLE = pd.DataFrame.from_records([
 ], columns=["model", *COLUMNS]).set_index("model")
 
 
-# ../shared/PAPER.md: TNCSE pooling ablation, 7-task STS average (BERT-base).
+# docs/paper.md: TNCSE pooling ablation, 7-task STS average (BERT-base).
 PAPER_POOLING = {"cls": 79.58, "mean": 78.19, "pooler": 69.28}
 
 

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .config import RunConfig, config_hash
+from .data import content_digest, corpus_path, stsb_path, sts_test_digest
 from .errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -55,21 +56,24 @@ def _check_stage(stage: str) -> None:
         raise ConfigError(f"unknown run stage {stage!r}", f"use one of {', '.join(RUN_STAGES)}")
 
 
-def stage_key(config: RunConfig, stage: str) -> str:
-    """Hash of the settings `stage` depends on, its parents' included."""
+def stage_key(config: RunConfig, stage: str, data_dir=None) -> str:
+    """Hash of the settings `stage` depends on, its parents' included, and of the data it reads: the content of
+    the training corpus and of STS-B dev (selection), not where they lie, so moving the data retrains nothing."""
     _check_stage(stage)
     data = config.to_dict()
     own = {k: data[k] for k in (*_COMMON, *_OWN[stage])}
-    own["parents"] = [stage_key(config, p) for p in _PARENTS[stage]]
+    own["data"] = {"corpus": content_digest(corpus_path(config.corpus, data_dir)),
+                   "stsb_dev": content_digest(stsb_path("dev", data_dir))}
+    own["parents"] = [stage_key(config, p, data_dir) for p in _PARENTS[stage]]
     return config_hash(own)
 
 
-def run_dir(config: RunConfig, stage: str) -> Path:
-    return runs_root() / config.profile / f"{stage}-{stage_key(config, stage)}"
+def run_dir(config: RunConfig, stage: str, data_dir=None) -> Path:
+    return runs_root() / config.profile / f"{stage}-{stage_key(config, stage, data_dir)}"
 
 
-def is_complete(config: RunConfig, stage: str) -> bool:
-    return (run_dir(config, stage) / "DONE").is_file()
+def is_complete(config: RunConfig, stage: str, data_dir=None) -> bool:
+    return (run_dir(config, stage, data_dir) / "DONE").is_file()
 
 
 @contextmanager
@@ -86,7 +90,7 @@ def _exclusive(out: Path):
 
 def model_path(config: RunConfig, stage: str, data_dir=None, progress: bool = True) -> Path:
     """The best model of `stage` under `config` (a HF folder, or a twin folder), trained first if absent."""
-    out = run_dir(config, stage)
+    out = run_dir(config, stage, data_dir)
     if (out / "DONE").is_file():
         return out / "best"
     parents = [model_path(config, p, data_dir, progress) for p in _PARENTS[stage]]
@@ -110,20 +114,20 @@ def _train(config: RunConfig, stage: str, out: Path, parents: list[Path], data_d
             progress=progress, **kwargs).run()
     if not (out / "best").is_dir():
         raise RuntimeError(f"training of {stage} finished without a best model in {out}")
-    (out / "DONE").write_text(json.dumps({"stage": stage, "key": stage_key(config, stage)}) + "\n")
+    (out / "DONE").write_text(json.dumps({"stage": stage, "key": stage_key(config, stage, data_dir)}) + "\n")
 
 
-def metrics(config: RunConfig, stage: str) -> list[dict]:
+def metrics(config: RunConfig, stage: str, data_dir=None) -> list[dict]:
     """The metrics.jsonl records of a run (training loss terms and STS-B dev scores)."""
-    path = run_dir(config, stage) / "metrics.jsonl"
+    path = run_dir(config, stage, data_dir) / "metrics.jsonl"
     if not path.is_file():
         raise ConfigError(f"no metrics for {stage} under this config ({path})", "train it first with model_path()")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def summary(config: RunConfig, stage: str) -> dict:
+def summary(config: RunConfig, stage: str, data_dir=None) -> dict:
     """The run's result.json (best step, best dev score, wall time, provenance)."""
-    return json.loads((run_dir(config, stage) / "result.json").read_text())
+    return json.loads((run_dir(config, stage, data_dir) / "result.json").read_text())
 
 
 def sts_scores(config: RunConfig, stage: str | None, pooling: str = "cls", bootstrap: int = 1000,
@@ -140,13 +144,17 @@ def sts_scores(config: RunConfig, stage: str | None, pooling: str = "cls", boots
         model = model_path(config, stage, data_dir, progress)
         folder = model.parent
     cache = folder / f"sts_{pooling}_{config.test_pairs or 'all'}_{bootstrap}.json"
+    digest = sts_test_digest(data_dir)
     if cache.is_file():
-        return json.loads(cache.read_text())
+        cached = json.loads(cache.read_text())
+        if cached.get("test_data_digest") == digest:  # scores of other test files are recomputed, not reused
+            return cached
     encoder = load_encoder_for(model, pooling, config.eval_batch_size, config.eval_max_length, progress)
     report = evaluate_sts(encoder, data_dir=data_dir, bootstrap=bootstrap, seed=config.seed,
                           max_pairs=config.test_pairs)
     result = {"model": str(model), "stage": stage or "backbone", "pooling": pooling, **report.to_dict(),
-              "test_pairs_per_subset": config.test_pairs, "config": config.to_dict(), **provenance()}
+              "test_pairs_per_subset": config.test_pairs, "test_data_digest": digest, "config": config.to_dict(),
+              **provenance()}
     folder.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(cache.name + ".tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")

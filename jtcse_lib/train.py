@@ -445,9 +445,13 @@ class Trainer:
                         loss, terms = self._loss(batch)
                     self.scaler.scale(loss / cfg.grad_accum).backward()
                 except torch.cuda.OutOfMemoryError:
-                    raise JtcseError(f"CUDA ran out of memory at batch_size={cfg.batch_size}, max_length={cfg.max_length}",
-                                     f"set batch_size={max(1, cfg.batch_size // 2)} grad_accum={cfg.grad_accum * 2} "
-                                     "(same effective batch) or a smaller max_length") from None
+                    half = max(2, cfg.batch_size // 2)
+                    raise JtcseError(
+                        f"CUDA ran out of memory at batch_size={cfg.batch_size}, max_length={cfg.max_length}",
+                        f"a smaller max_length keeps the loss; batch_size={half} grad_accum={cfg.grad_accum * 2} keeps "
+                        f"the sentences per optimizer step but changes the loss (in-batch negatives come from one "
+                        f"micro-batch: {2 * half - 2} per row instead of {2 * cfg.batch_size - 2}), so the result is "
+                        "not the same recipe") from None
                 for name, value in {"loss": loss, **terms}.items():
                     sums[name] = sums.get(name, 0) + value.detach().float() / cfg.grad_accum
             self.scaler.step(self.optimizer)

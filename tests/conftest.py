@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny hand-made SentEval folder, the real data folder, the shipped MiniLM."""
+"""Shared fixtures: a tiny hand-made SentEval folder, the real data folder (the shipped data), the shipped MiniLM."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from jtcse_lib.data import STS_SUBSETS  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-REAL_DATA = Path(os.environ.get("JTCSE_DATA_DIR", REPO.parent / "shared" / "data"))
 
 
 def write_senteval(root: Path, pairs_per_subset: int = 4) -> Path:
@@ -53,9 +52,10 @@ def tiny_data(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def real_data() -> Path:
-    if not (REAL_DATA / "senteval").is_dir():
-        pytest.fail(f"the real data folder {REAL_DATA} is missing: set JTCSE_DATA_DIR (CI uses ../shared/data)")
-    return REAL_DATA
+    """The real data: $JTCSE_DATA_DIR when set, else the data the repository ships (unpacked on first use)."""
+    from jtcse_lib.data import resolve_data_dir
+
+    return resolve_data_dir()
 
 
 @pytest.fixture

@@ -50,3 +50,17 @@ def test_model_inputs_without_token_type_ids():
     assert backbones.model_inputs(batch) == {"input_ids": 1, "attention_mask": 2}
     batch["token_type_ids"] = 4
     assert set(backbones.model_inputs(batch)) == {"input_ids", "attention_mask", "token_type_ids"}
+
+
+def test_a_run_folder_stands_for_its_best_model(tmp_path):
+    run, twin_run, model = tmp_path / "run", tmp_path / "twin_run", tmp_path / "model"
+    for folder in (run / "best", twin_run / "best" / "tower_a", twin_run / "best" / "tower_b", model):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+    (run / "checkpoint").mkdir()
+    assert backbones.model_folder(run) == str(run / "best")
+    assert backbones.model_folder(twin_run) == str(twin_run / "best")
+    assert backbones.model_folder(model) == str(model)  # a model folder is itself
+    assert backbones.model_folder(twin_run / "best") == str(twin_run / "best")
+    assert backbones.model_folder("minilm") == "minilm"
+    assert backbones.model_folder(tmp_path / "nowhere") == str(tmp_path / "nowhere")

@@ -79,3 +79,17 @@ def test_export_cli_tower_and_twin(tiny_model_dir, tmp_path, capsys):
     shutil.copytree(tiny_model_dir, twin / "tower_b")
     assert main(["export", "--model", str(twin), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
     assert (tmp_path / "hf" / "tower_b" / "config.json").is_file()
+
+
+def test_a_run_folder_is_accepted_where_a_model_folder_is_expected(tiny_data, tiny_model_dir, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model_dir, run / "best")
+    (run / "metrics.jsonl").write_text("")
+    out_run, out_best = tmp_path / "run.json", tmp_path / "best.json"
+    for model, out in ((run, out_run), (run / "best", out_best)):
+        assert main(["evaluate", "--model", str(model), "--data-dir", str(tiny_data), "--tasks", "STSBenchmark",
+                     "--out", str(out)]) == 0
+    a, b = json.loads(out_run.read_text()), json.loads(out_best.read_text())
+    assert a["model"] == str(run / "best") and a["scores"] == b["scores"]

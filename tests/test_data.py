@@ -13,8 +13,71 @@ def test_resolution_order(tiny_data, tmp_path, monkeypatch):
     assert data.resolve_data_dir() == other.resolve()  # then the environment variable
     monkeypatch.delenv(data.DATA_ENV)
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "data").mkdir(exist_ok=True)
-    assert data.resolve_data_dir() == (tmp_path / "data").resolve()  # then ./data
+    (tmp_path / "data" / "senteval").mkdir(parents=True, exist_ok=True)  # a ./data folder does not count: no working-directory magic
+    assert data.resolve_data_dir() == data.shipped_data_dir()  # then the shipped data
+
+
+# ---------------------------------------------------------------- the shipped data
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """A cache folder of this test's own, so the shipped data is unpacked afresh."""
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "_VERIFIED", set())
+    return tmp_path / "cache"
+
+
+def test_shipped_data_unpacks_verified_into_the_cache(private_cache, monkeypatch):
+    monkeypatch.delenv(data.DATA_ENV, raising=False)
+    folder = data.resolve_data_dir()
+    assert folder.parent == private_cache / "data"
+    manifest = data._manifest()
+    assert len(manifest) > 90 and all(data.content_digest(folder / n) == d for n, d in manifest.items())
+    assert len(data.load_stsb("test")) == 1379
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".unpack-")]  # no temporary left behind
+
+
+@pytest.mark.parametrize("damage", ["edit", "delete"])
+def test_a_corrupted_or_partial_unpack_is_detected_and_redone(private_cache, damage):
+    folder = data.shipped_data_dir()
+    victim = folder / "senteval" / "STS" / "STSBenchmark" / "sts-dev.csv"
+    if damage == "edit":
+        victim.write_text("tampered\n")
+    else:
+        victim.unlink()  # as if a kill interrupted an unpack that was then renamed by hand
+    data._VERIFIED.clear()  # a new process
+    assert data.shipped_data_dir() == folder
+    assert data.content_digest(victim) == data._manifest()["senteval/STS/STSBenchmark/sts-dev.csv"]
+
+
+def test_a_damaged_archive_is_refused_with_the_fix(private_cache, tmp_path):
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / data.MANIFEST_NAME).write_bytes((data.SHIPPED_DIR / data.MANIFEST_NAME).read_bytes())
+    (shipped / data.ARCHIVE_NAME).write_bytes((data.SHIPPED_DIR / data.ARCHIVE_NAME).read_bytes()[:100_000])
+    with pytest.raises(DataError, match="damaged.*git checkout -- data"):
+        data.shipped_data_dir(shipped)
+    assert not list((private_cache / "data").glob("[0-9a-f]*"))  # nothing half-unpacked is left to be read
+
+
+def test_an_archive_that_does_not_match_its_manifest_is_refused(private_cache, tmp_path):
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    lines = (data.SHIPPED_DIR / data.MANIFEST_NAME).read_text().splitlines()
+    lines[0] = "0" * 64 + lines[0][64:]
+    (shipped / data.MANIFEST_NAME).write_text("\n".join(lines) + "\n")
+    (shipped / data.ARCHIVE_NAME).symlink_to(data.SHIPPED_DIR / data.ARCHIVE_NAME)
+    with pytest.raises(DataError, match="does not match MANIFEST.sha256"):
+        data.shipped_data_dir(shipped)
+
+
+def test_content_digest_follows_the_bytes_not_the_path(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("one sentence\n")
+    b.write_text("one sentence\n")
+    assert data.content_digest(a) == data.content_digest(b)
+    a.write_text("another sentence, edited in place\n")
+    assert data.content_digest(a) != data.content_digest(b)
 
 
 def test_missing_data_folder_names_it_and_the_fix(tmp_path, monkeypatch):

@@ -33,6 +33,19 @@ def test_keys_follow_dependencies(cfg):
         runs.stage_key(cfg, "simcse")
 
 
+def test_keys_follow_the_data_content_not_its_folder(cfg, tiny_data, tmp_path):
+    import shutil
+
+    moved = shutil.copytree(tiny_data, tmp_path / "moved")
+    for stage in ("simcse_a", "jtcse", "distill"):
+        assert runs.stage_key(cfg, stage, tiny_data) == runs.stage_key(cfg, stage, moved)
+    corpus = cfg.replace(corpus="wiki1m_subset")
+    before = runs.stage_key(corpus, "jtcse", moved)
+    (moved / "wiki" / "wiki1m_subset.txt").write_text("An edited corpus.\nWith other sentences.\n")
+    assert runs.stage_key(corpus, "jtcse", moved) != before  # a new corpus trains new models
+    assert runs.stage_key(corpus, "simcse_a", moved) != runs.stage_key(corpus, "simcse_a", tiny_data)
+
+
 def test_model_path_trains_once_and_marks_complete(cfg, real_data, monkeypatch):
     path = runs.model_path(cfg, "tncse", data_dir=real_data, progress=False)
     assert is_twin_dir(path) and runs.is_complete(cfg, "tncse")
@@ -64,6 +77,20 @@ def test_sts_scores_are_cached(cfg, real_data):
     cached = list(runs.run_dir(cfg, "simcse_a").glob("sts_cls_*.json"))
     assert len(cached) == 1
     assert runs.sts_scores(cfg, "simcse_a", bootstrap=20, data_dir=real_data) == first
+
+
+def test_cached_sts_scores_of_other_test_data_are_recomputed(cfg, real_data, tiny_data):
+    import shutil
+
+    first = runs.sts_scores(cfg, None, bootstrap=0, data_dir=real_data, progress=False)
+    # the same models, other test files (e.g. a corrected SICK file): the cached scores must not be reused
+    other = shutil.copytree(real_data, tiny_data.parent / "other")
+    sick = other / "senteval" / "SICK" / "SICK_test_annotated.txt"
+    lines = sick.read_text().splitlines()
+    sick.write_text("\n".join(lines[:1] + lines[1:][::-1]) + "\n")  # same pairs, other order: other first 10 pairs
+    second = runs.sts_scores(cfg, None, bootstrap=0, data_dir=other, progress=False)
+    assert second["test_data_digest"] != first["test_data_digest"]
+    assert second["scores"]["SICKRelatedness"] != first["scores"]["SICKRelatedness"]
 
 
 def test_pipeline_selection(tmp_path):
@@ -99,11 +126,11 @@ def test_pipeline_names_the_failing_cell(tmp_path, monkeypatch):
 def test_pipeline_kernel_env_has_absolute_dirs_and_text_progress(tmp_path, monkeypatch):
     # the kernels run in notebooks/, where a relative $JTCSE_DATA_DIR would name another folder
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("JTCSE_DATA_DIR", "../shared/data")
+    monkeypatch.setenv("JTCSE_DATA_DIR", "../elsewhere/data")
     monkeypatch.setenv("JTCSE_RUNS_DIR", "runs")
     monkeypatch.delenv("JTCSE_TEXT_PROGRESS", raising=False)
     pipeline.kernel_env()
-    assert os.environ["JTCSE_DATA_DIR"] == str((tmp_path / "../shared/data").resolve())
+    assert os.environ["JTCSE_DATA_DIR"] == str((tmp_path / "../elsewhere/data").resolve())
     assert os.environ["JTCSE_RUNS_DIR"] == str(tmp_path / "runs")
     # papermill cannot stream widget bars; the kernels get text bars
     from jtcse_lib.progress import progress_bar

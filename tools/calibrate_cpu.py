@@ -1,6 +1,6 @@
 """The logged learning-rate search behind params/cpu.yaml (STS-B dev only; no test set is read).
 
-    JTCSE_DATA_DIR=../shared/data python tools/calibrate_cpu.py
+    python tools/calibrate_cpu.py
 
 Runs go to runs/calibration/ (never the cache `make reproduce` uses, so its wall time is measured from
 nothing); the table of every run, with its best STS-B dev score and step, goes to results/cpu/calibration.csv.

@@ -70,7 +70,7 @@ def render(results: Path = ROOT / "results" / "cpu") -> str:
            f"(twins: sum of the two towers' [CLS]).", "",
            "**This run** (Spearman × 100, mean ± sd over seeds; `results/cpu/sts_results.csv`):", "",
            to_markdown(format_mean_sd(sts).rename_axis("model")), "",
-           "**The paper** (BERT-base / unsup-SimCSE-BERT from the SimCSE paper; `../shared/PAPER.md`). Not comparable "
+           "**The paper** (BERT-base / unsup-SimCSE-BERT from the SimCSE paper; `docs/paper.md`). Not comparable "
            f"with the table above: a different backbone (BERT-base, not a sentence-embedding model already trained on "
            f"1B pairs), and one epoch over 1M sentences per stage where this run sees {config['max_steps']} x "
            f"{config['batch_size']} = {config['max_steps'] * config['batch_size']:,} sentences per stage:", "",

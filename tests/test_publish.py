@@ -1,0 +1,87 @@
+"""Publishing executed notebooks (docs/notebooks/): cleaning, and the staleness check that guards the copies."""
+
+import nbformat
+import pytest
+
+from jtcse_lib import pipeline
+
+WIDGET = {"application/vnd.jupyter.widget-view+json": {"model_id": "abc", "version_major": 2, "version_minor": 0},
+          "text/plain": "HBox(children=(FloatProgress(value=0.0),))"}
+
+
+def _notebook(code: list[str]):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# A notebook")] + [nbformat.v4.new_code_cell(c) for c in code]
+    return nb
+
+
+def _executed(code: list[str]):
+    nb = _notebook(code)
+    for i, cell in enumerate(nb.cells[1:], start=1):
+        cell.execution_count = i
+        cell.metadata["papermill"] = {"start_time": "2026-11-27T00:00:00", "duration": 1.5}
+    bar = "\r  0%|          | 0/3 [00:00<?, ?step/s]\r 33%|###3      | 1/3\r100%|##########| 3/3 [00:01<00:00]\n"
+    nb.cells[1].outputs = [
+        nbformat.v4.new_output("stream", name="stderr", text=bar[:40]),
+        nbformat.v4.new_output("stream", name="stderr", text=bar[40:]),
+        nbformat.v4.new_output("display_data", data=WIDGET),
+        nbformat.v4.new_output("stream", name="stdout", text=f"wrote {pipeline.REPO_ROOT}/results/cpu/x.csv\n"),
+        nbformat.v4.new_output("stream", name="stderr", text="\rencoding:  50%|#####     |\r" + " " * 30 + "\r"),
+    ]
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {}}
+    nb.metadata["papermill"] = {"parameters": {"profile": "cpu"}, "input_path": "/somewhere/in.ipynb"}
+    return nb
+
+
+def test_publishable_keeps_the_final_state_of_progress_bars_and_drops_widgets():
+    clean = pipeline.publishable(_executed(["x = 1", "y = 2"]))
+    outputs = clean.cells[1].outputs
+    assert [o.output_type for o in outputs] == ["stream", "stream"]  # the widget and the cleared bar are gone
+    assert outputs[0].text == "100%|##########| 3/3 [00:01<00:00]\n"  # two stderr chunks coalesced, one line
+    assert outputs[1].text == "wrote ./results/cpu/x.csv\n"  # no local path
+    assert "widgets" not in clean.metadata and clean.metadata["papermill"] == {"parameters": {"profile": "cpu"}}
+    assert "papermill" not in clean.cells[1].metadata
+
+
+def test_final_text_overwrites_like_a_terminal():
+    assert pipeline._final_text("abcdef\rXY\n") == "XYcdef\n"
+    assert pipeline._final_text("first\nbar 1\rbar 2\r     \r\nlast") == "first\nlast"
+    assert pipeline._final_text("no carriage return\n\nblank line kept") == "no carriage return\n\nblank line kept"
+
+
+@pytest.fixture
+def source_and_published(tmp_path):
+    source, published = tmp_path / "notebooks", tmp_path / "published"
+    source.mkdir()
+    nbformat.write(_notebook(["x = 1", "y = 2"]), source / "01_a.ipynb")
+    executed = tmp_path / "executed"
+    executed.mkdir()
+    nbformat.write(_executed(["x = 1", "y = 2"]), executed / "01_a.ipynb")
+    assert [p.name for p in pipeline.publish(executed, dest=published)] == ["01_a.ipynb"]
+    return source, published
+
+
+def test_a_fresh_copy_is_not_stale(source_and_published):
+    assert pipeline.stale_published(*source_and_published) == []
+
+
+def test_changing_a_code_cell_of_the_source_makes_the_copy_stale(source_and_published):
+    source, published = source_and_published
+    nb = nbformat.read(source / "01_a.ipynb", as_version=4)
+    nb.cells[2].source = "y = 3"
+    nbformat.write(nb, source / "01_a.ipynb")
+    assert pipeline.stale_published(source, published) == [
+        f"01_a.ipynb: code differs from {source / '01_a.ipynb'} (code cell 2): re-run the pipeline to publish it"]
+
+
+def test_errors_unexecuted_cells_and_missing_copies_are_reported(source_and_published):
+    source, published = source_and_published
+    nb = nbformat.read(published / "01_a.ipynb", as_version=4)
+    nb.cells[2].execution_count = None
+    nb.cells[1].outputs.append(nbformat.v4.new_output("error", ename="ValueError", evalue="boom", traceback=[]))
+    nbformat.write(nb, published / "01_a.ipynb")
+    nbformat.write(_notebook(["z = 0"]), source / "02_b.ipynb")
+    problems = pipeline.stale_published(source, published)
+    assert "01_a.ipynb: code cell 1 holds an error (ValueError)" in problems
+    assert "01_a.ipynb: code cell 2 was not executed" in problems
+    assert f"{published / '02_b.ipynb'} is missing" in problems
