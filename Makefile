@@ -7,7 +7,7 @@ BIN       := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PROFILE   ?= cpu
 
-.PHONY: setup reproduce test figures book lab bench clean
+.PHONY: setup reproduce test lint figures book lab bench clean
 
 setup: $(VENV)/.installed
 
@@ -28,9 +28,13 @@ figures: setup
 
 # Unit and integration tests, then nbval executes every notebook with its smoke defaults, then the smoke
 # pipeline runs them again through papermill (the run cache is warm by then, so nothing trains twice).
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest tests --ignore=tests/test_pipeline.py --nbval-lax notebooks
 	$(BIN)/python -m pytest tests/test_pipeline.py
+
+# Style and obvious bugs (pyproject.toml [tool.ruff]); part of `make test`.
+lint: setup
+	$(BIN)/ruff check .
 
 # A static HTML site of the published notebooks (docs/notebooks/) in build/book/ (nbconvert, no Node).
 book: setup

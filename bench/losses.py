@@ -136,7 +136,7 @@ def main(argv=None):
         if devices[0].type == "cuda" and not torch.cuda.is_available():
             raise SystemExit("--device cuda requested but CUDA is not available")
 
-    load = ", load average %.2f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
+    load = f", load average {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
     print(f"torch {torch.__version__}, CPU threads {torch.get_num_threads()}{load}, float32, repeats {args.repeats}")
     for d in devices:
         if d.type == "cuda":

@@ -15,15 +15,6 @@ from pathlib import Path
 from .errors import JtcseError
 
 
-def _write_json(path: str | Path, obj: dict) -> None:
-    """Write JSON atomically (temporary file, then rename) so a killed run never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf8")
-    tmp.replace(path)
-
-
 def _twin_dir(model: str) -> Path | None:
     from .backbones import is_twin_dir
 
@@ -45,12 +36,13 @@ def cmd_evaluate(args) -> int:
     import torch
 
     from .data import STS_TASKS
-    from .evaluate import default_device, evaluate_sts, load_encoder_for
+    from .evaluate import default_device, evaluate_sts, sentence_encoder
+    from .files import write_json
     from .provenance import provenance
 
     twin = _twin_dir(args.model)
     device = default_device()
-    encoder = load_encoder_for(args.model, args.pooling, args.batch_size, args.max_length, device=device)
+    encoder = sentence_encoder(args.model, args.pooling, args.batch_size, args.max_length, device=device)
     tasks = args.tasks or list(STS_TASKS)
     start = time.perf_counter()
     report = evaluate_sts(encoder, tasks, args.data_dir, bootstrap=args.bootstrap, seed=args.seed)
@@ -69,25 +61,27 @@ def cmd_evaluate(args) -> int:
         **provenance(device),
     }
     if args.out:
-        _write_json(args.out, result)
+        write_json(args.out, result)
         print(f"wrote {args.out}")
     return 0
 
 
 def cmd_train(args) -> int:
-    from .config import load_profile
+    from .config import TWIN_STAGES, load_profile
+    from .errors import ConfigError
     from .train import Trainer
 
     config = load_profile(args.profile, args.set)
     init = None
     if args.init:
-        init = args.init[0] if args.stage in ("simcse", "distill") else tuple(args.init)
-        if args.stage in ("tncse", "jtcse") and len(args.init) != 2:
-            from .errors import ConfigError
-            raise ConfigError(f"--init takes two folders (tower A, tower B) for stage {args.stage}",
-                              "pass --init DIR_A DIR_B, e.g. the best/ folders of two simcse runs")
-    trainer = Trainer(config, args.stage, args.out, init=init, tower=args.tower, teacher=args.teacher,
-                      data_dir=args.data_dir, device=args.device)
+        twin = args.stage in TWIN_STAGES
+        if len(args.init) != (2 if twin else 1):
+            raise ConfigError(f"--init takes {'two folders (tower A, tower B)' if twin else 'one folder'} for stage "
+                              f"{args.stage}", "pass --init DIR_A DIR_B, e.g. two simcse_a / simcse_b runs" if twin
+                              else "pass --init DIR, e.g. a simcse run")
+        init = tuple(args.init) if twin else args.init[0]
+    trainer = Trainer(config, args.stage, args.out, init=init, teacher=args.teacher, data_dir=args.data_dir,
+                      device=args.device)
     result = trainer.run()
     print(f"{args.stage}: best STS-B dev {result.best_dev:.2f} at step {result.best_step} of {result.steps}; "
           f"best model in {result.best_dir} ({result.wall_seconds:.0f} s)")
@@ -102,11 +96,13 @@ def _card_from_run(model: Path) -> dict:
     if result.is_file():
         info = json.loads(result.read_text())
         cfg = info.get("config", {})
-        stage = {"simcse": "SimCSE", "tncse": "TNCSE", "jtcse": "JTCSE", "distill": "JTCSE-D"}.get(info.get("stage"))
+        stage = {"simcse_a": "SimCSE", "simcse_b": "SimCSE", "tncse": "TNCSE", "jtcse": "JTCSE",
+                 "distill": "JTCSE-D"}.get(info.get("stage"))
         card.update(method=stage, backbone=cfg.get("backbone"), profile=cfg.get("profile"), seed=cfg.get("seed"),
                     training_data=f"{cfg.get('corpus')} ({info.get('train_sentences')} sentences)",
                     git_commit=info.get("git_commit"), created=info.get("created"),
-                    notes=f"Selected on STS-B dev: {info.get('best_stsb_dev', float('nan')):.2f} at step {info.get('best_step')}.")
+                    notes=f"Selected on STS-B dev: {info.get('best_stsb_dev', float('nan')):.2f} at step "
+                          f"{info.get('best_step')}.")
     scores = sorted(run.glob("sts_cls_*.json"))
     if scores:
         sts = json.loads(scores[-1].read_text())
@@ -153,6 +149,7 @@ def cmd_download_data(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import STAGES
     from .data import STS_TASKS
     from .evaluate import POOLINGS
 
@@ -174,14 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default=None, help="write the result JSON here")
     ev.set_defaults(func=cmd_evaluate)
 
-    tr = sub.add_parser("train", help="train one stage (simcse, tncse, jtcse, distill); resumes if interrupted")
-    tr.add_argument("--stage", required=True, choices=("simcse", "tncse", "jtcse", "distill"))
+    tr = sub.add_parser("train", help=f"train one stage ({', '.join(STAGES)}); resumes if interrupted")
+    tr.add_argument("--stage", required=True, choices=STAGES)
     tr.add_argument("--profile", default="smoke", help="params/<profile>.yaml (smoke, cpu, paper)")
     tr.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys")
     tr.add_argument("--out", required=True, help="run folder: checkpoint/, best/, metrics.jsonl, result.json")
     tr.add_argument("--init", nargs="+", metavar="DIR",
-                    help="start from: one encoder (simcse, distill) or two towers A B (tncse, jtcse)")
-    tr.add_argument("--tower", choices=("a", "b"), default="a", help="simcse: which of the two stage-1 encoders")
+                    help="start from: one encoder (simcse_a/b, distill) or two towers A B (tncse, jtcse)")
     tr.add_argument("--teacher", default=None, help="distill: a trained twin folder (tower_a/, tower_b/)")
     tr.add_argument("--data-dir", default=None)
     tr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")

@@ -218,6 +218,24 @@ class AttentionSinkReport:
         """Head-averaged masses, each (layers,): {"cls", "sep", "other"}."""
         return {"cls": self.cls_mass.mean(1), "sep": self.sep_mass.mean(1), "other": self.other_mass.mean(1)}
 
+    def layer_table(self):
+        """One row per hidden-state layer l = 0..L (a pandas DataFrame): the head-averaged masses of attention layer
+        l (NaN at l = 0, the embedding output, which has no attention), the largest single-head masses, the
+        uniform share u = N / sum_n |Q_n| of one position, and E_CLS of the layer's output."""
+        import pandas as pd
+
+        mass, u = self.per_layer(), self.n_sentences / self.n_query_tokens
+        rows = []
+        for layer in range(len(self.e_cls)):
+            a = layer - 1  # attention layer l feeds hidden-state layer l
+            rows.append({"layer": layer, "cls_mass": mass["cls"][a] if layer else np.nan,
+                         "sep_mass": mass["sep"][a] if layer else np.nan,
+                         "other_mass": mass["other"][a] if layer else np.nan,
+                         "cls_mass_max_head": self.cls_mass[a].max() if layer else np.nan,
+                         "sep_mass_max_head": self.sep_mass[a].max() if layer else np.nan,
+                         "uniform_mass": u if layer else np.nan, "e_cls": self.e_cls[layer]})
+        return pd.DataFrame(rows)
+
     def cls_norm_stats(self) -> dict:
         """``norm_stats`` of the last-layer [CLS] vectors."""
         return norm_stats(self.cls_norms[:, None])
@@ -297,7 +315,8 @@ def dropout_pair_geometry(
     Sentences are sorted by token count (longest first, stable) and batched in that order, to pad little;
     the results come back in the order of ``sentences``. Each batch of b sentences is tokenised once and fed
     as 2b rows ``[batch; batch]`` (the same tokens twice) in one forward pass in **train** mode, as the
-    trainer feeds its two views, so every row gets its own dropout mask. With h_n, h+_n the [CLS] vectors (last hidden state of the first token) of view 1 and
+    trainer feeds its two views, so every row gets its own dropout mask. With h_n, h+_n the [CLS] vectors (last
+    hidden state of the first token) of view 1 and
     view 2 of sentence n::
 
         k_n    = ||h+_n|| / ||h_n||

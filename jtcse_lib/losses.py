@@ -1,6 +1,9 @@
-"""The JTCSE losses as plain functions on tensors.
+"""The JTCSE losses and the objective of each training stage, as plain functions on tensors.
 
-Every function here takes the embeddings of a batch and returns a loss; nothing holds state, nothing
+Two layers. The *terms* (``nt_xent``, ``cross_nt_xent``, ``modulus_gap`` / ``tensor_modulus_loss``,
+``distillation_kl``) each take the embeddings of a batch and return one loss. The *objectives*
+(``simcse_objective``, ``twin_objective``, ``distill_objective``) are the paper's total losses, written
+with the terms; ``jtcse_lib.train.Trainer`` calls them and nothing else. Nothing here holds state, nothing
 imports the rest of the library. The official code (``model_dual.py`` of the JTCSE/TNCSE releases)
 feeds one tensor of *interleaved* rows per tower::
 
@@ -23,6 +26,7 @@ Numerics
 """
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +40,10 @@ __all__ = [
     "modulus_gap",
     "tensor_modulus_loss",
     "distillation_kl",
+    "TwinWeights",
+    "simcse_objective",
+    "twin_objective",
+    "distill_objective",
 ]
 
 #: Temperature of every contrastive loss in the official code (and our default).
@@ -141,6 +149,15 @@ def nt_xent(view1, view2, temperature=OFFICIAL_TEMPERATURE):
 
     For ``B = 1`` the partner is the only candidate, every row's softmax is 1 on its target, and the
     loss is exactly 0 (with zero gradient).
+
+    References: Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations"
+    (SimCLR, arXiv 2002.05709), eq. 1; Gao et al., "SimCSE" (arXiv 2104.08821), eq. 1 with dropout views;
+    JTCSE/TNCSE official ``model_dual.py``, ``unsup_infonce_loss``.
+
+    Relations: the mean of sentence-transformers' ``MultipleNegativesRankingLoss(model, scale=1/temperature
+    = 20, directions=("query_to_doc", "query_to_query"))`` on (view1, view2) and on (view2, view1)
+    (``tests/test_losses.py`` checks it). Plain ``MultipleNegativesRankingLoss`` (query_to_doc only) drops
+    the same-view negatives, B - 1 per row instead of 2B - 2. ``cross_nt_xent`` is the two-tower version.
     """
     _check_pair("view1", view1, "view2", view2)
     _check_temperature("temperature", temperature)
@@ -174,6 +191,13 @@ def cross_nt_xent(a1, a2, b1, b2, temperature=OFFICIAL_TEMPERATURE):
     suppressed by ``-1e12``, cosine matrix by broadcasting. JTCSE applies it to the towers' [CLS]
     vectors and to the [CLS] vectors of the cross-attention outputs, drawing the direction (A -> B or
     B -> A) at random each step; the caller chooses the direction by the argument order.
+
+    References: TNCSE (arXiv 2503.12739), the "ICNCE" term; JTCSE (arXiv 2505.02366), its use on the
+    cross-attention [CLS]; official ``model_dual.py``, ``icnce``.
+
+    Relations: ``cross_nt_xent(a1, a2, a1, a2) == nt_xent(a1, a2)`` (a tower against itself). Unlike
+    ``MultipleNegativesRankingLoss`` with tower B's rows as documents, the anchor's own row in the other tower
+    (same sentence, same view) is excluded rather than counted as a negative.
     """
     _check_pair("a1", a1, "a2", a2)
     _check_pair("b1", b1, "b2", b2)
@@ -266,6 +290,12 @@ def tensor_modulus_loss(anchor_cls, positive_cls, anchor_pooled=None, positive_p
 
     Returns:
         0-d tensor; float32 for half-precision inputs.
+
+    References: TNCSE (arXiv 2503.12739), the tensor-norm constraint (ICTM); JTCSE (arXiv 2505.02366), its
+    joint form; official ``model_dual.py``, ``LTN_loss``.
+
+    Relations: no counterpart in sentence-transformers (its losses see only similarities, never norms);
+    ``modulus_gap`` is the per-pair quantity, notebook 01 derives it.
     """
     if variant not in TENSOR_MODULUS_VARIANTS:
         allowed = ", ".join(map(repr, TENSOR_MODULUS_VARIANTS))
@@ -319,6 +349,13 @@ def distillation_kl(
     This is the project's own design: the paper and its code release do not publish the
     distillation loss of JTCSE-D, only that the teacher is the sum of the twin [CLS] vectors.
 
+    References: relational knowledge distillation in the spirit of Park et al., "Relational Knowledge
+    Distillation" (arXiv 1904.05068) and of the in-batch similarity distillation of DistilCSE-style methods.
+
+    Relations: sentence-transformers' ``DistillKLDivLoss`` matches KL divergences of query-to-candidate score
+    distributions given by a teacher's scores in the data; here both distributions are computed in the batch,
+    over every other row, and only similarities are compared (no ``MSELoss`` on the vectors).
+
     Args:
         student: ``(N, Hs)`` student embeddings, N >= 2.
         teacher: ``(N, Ht)`` teacher embeddings of the same N inputs.
@@ -342,3 +379,132 @@ def distillation_kl(
         log_ps = F.log_softmax(_off_diagonal(zs @ zs.T / temperature_student), dim=-1)  # log p_S(j|i), (N, N-1)
         log_pt = F.log_softmax(_off_diagonal(zt @ zt.T / temperature_teacher), dim=-1)  # log p_T(j|i), (N, N-1)
         return (log_pt.exp() * (log_pt - log_ps)).sum(dim=-1).mean()  # 1/N sum_i sum_j p_T (log p_T - log p_S)
+
+
+# ----------------------------------------------------------------------------------------------
+# the objectives: each stage's total loss
+# ----------------------------------------------------------------------------------------------
+# Every objective takes the rows of one batch as the model returns them, ``[view1; view2]`` stacked
+# (2B rows: the B sentences of the batch fed twice, dropout makes the two views), splits them with
+# ``.chunk(2)``, and returns ``(loss, terms)``: the weighted total and a dict of the unweighted terms by
+# name (the names the training log uses).
+
+
+def simcse_objective(cls, temperature=OFFICIAL_TEMPERATURE):
+    """Stage 1, unsupervised SimCSE of one encoder::
+
+        L_SimCSE = NCE(z)                       z = the [CLS] rows of both views
+
+    Args:
+        cls: ``(2B, H)`` [CLS] vectors, rows ``[view1; view2]``.
+        temperature: tau of the NT-Xent.
+
+    Returns:
+        ``(loss, {"nce": loss})``.
+
+    References: Gao, Yao, Chen, "SimCSE", EMNLP 2021 (arXiv 2104.08821), section 3; the JTCSE/TNCSE
+    stage-1 encoders are trained this way (docs/paper.md, "Training recipe").
+    """
+    view1, view2 = cls.chunk(2)  # (B, H) each
+    nce = nt_xent(view1, view2, temperature)
+    return nce, {"nce": nce}
+
+
+@dataclass(frozen=True)
+class TwinWeights:
+    """The weight of each term of ``twin_objective`` (the official code: all 1; 0 switches a term off)."""
+
+    nce: float = 1.0  # NCE(A) + NCE(B)
+    cross_cls: float = 1.0  # ICNCE on the towers' [CLS]
+    cross_attention: float = 1.0  # ICNCE on the cross-attention [CLS] (JTCSE only)
+    modulus: float = 1.0  # ICTM(A, B) + ICTM(B, A)
+
+
+def twin_objective(cls_a, cls_b, pooled_a=None, pooled_b=None, cross_a=None, cross_b=None, *,
+                   weights=TwinWeights(), temperature=OFFICIAL_TEMPERATURE, modulus_variant="official",
+                   b_to_a=False):
+    """Stage 2, the joint loss of the twin towers (TNCSE without, JTCSE with the cross-attention branch)::
+
+        L = w_nce   * (NCE(a) + NCE(b))                          each tower's NT-Xent
+          + w_cross * ICNCE_d(a, b)                              cross-tower NT-Xent on the towers' [CLS]
+          + w_attn  * ICNCE_d(a~, b~)                            ... on the cross-attention [CLS] (JTCSE)
+          + w_mod   * (ICTM(a1, b2; P) + ICTM(b1, a2; P))        tensor-modulus term, both directions
+
+    with ``a, b`` the towers' [CLS] rows, ``a~, b~`` the branch's, ``P`` the pooler outputs (official
+    ICTM) and ``d`` the direction of both ICNCE terms: A -> B, or B -> A when ``b_to_a`` (JTCSE draws
+    it at random each step, TNCSE always uses A -> B). A term whose weight is 0 is not computed; the
+    cross-attention term only when ``cross_a``/``cross_b`` are given.
+
+    Args:
+        cls_a, cls_b: ``(2B, H)`` [CLS] rows of tower A and B, ``[view1; view2]``.
+        pooled_a, pooled_b: ``(2B, H)`` pooler outputs (needed by ``modulus_variant="official"``).
+        cross_a, cross_b: ``(2B, H)`` cross-attention [CLS] rows, or None (no branch).
+        weights: ``TwinWeights``.
+        temperature: tau of every NT-Xent term.
+        modulus_variant: ``"official"`` or ``"paper"`` (see ``tensor_modulus_loss``).
+        b_to_a: the ICNCE direction.
+
+    Returns:
+        ``(loss, terms)`` with terms ``nce_a``, ``nce_b``, ``cross_cls``, ``cross_attention``, ``modulus``
+        (the sum of both ICTM directions), each present when computed.
+
+    Raises:
+        ValueError: every term is switched off.
+
+    References: JTCSE (arXiv 2505.02366) and TNCSE (arXiv 2503.12739); the official ``model_dual.py``
+    (``unsup_infonce_loss``, ``icnce``, ``LTN_loss``), summarised in docs/paper.md, "Losses".
+    """
+    a1, a2 = cls_a.chunk(2)  # tower A, view 1 and view 2: (B, H) each
+    b1, b2 = cls_b.chunk(2)
+    loss = torch.zeros((), device=cls_a.device)
+    terms = {}
+    if weights.nce > 0:
+        terms["nce_a"], terms["nce_b"] = nt_xent(a1, a2, temperature), nt_xent(b1, b2, temperature)
+        loss = loss + weights.nce * (terms["nce_a"] + terms["nce_b"])  # w_nce (NCE(a) + NCE(b))
+    if weights.cross_cls > 0:
+        x, y = ((b1, b2), (a1, a2)) if b_to_a else ((a1, a2), (b1, b2))  # anchors x, candidates y
+        terms["cross_cls"] = cross_nt_xent(*x, *y, temperature=temperature)
+        loss = loss + weights.cross_cls * terms["cross_cls"]  # w_cross ICNCE_d(a, b)
+    if cross_a is not None and cross_b is not None and weights.cross_attention > 0:
+        ca, cb = cross_a.chunk(2), cross_b.chunk(2)
+        x, y = (cb, ca) if b_to_a else (ca, cb)
+        terms["cross_attention"] = cross_nt_xent(*x, *y, temperature=temperature)
+        loss = loss + weights.cross_attention * terms["cross_attention"]  # w_attn ICNCE_d(a~, b~)
+    if weights.modulus > 0:
+        pa = pooled_a.chunk(2) if pooled_a is not None else (None, None)
+        pb = pooled_b.chunk(2) if pooled_b is not None else (None, None)
+        v = modulus_variant
+        terms["modulus"] = (tensor_modulus_loss(a1, b2, pa[0], pb[1], variant=v)  # ICTM(A, B)
+                            + tensor_modulus_loss(b1, a2, pb[0], pa[1], variant=v))  # ICTM(B, A)
+        loss = loss + weights.modulus * terms["modulus"]  # w_mod (ICTM(A, B) + ICTM(B, A))
+    if not terms:
+        raise ValueError("every term of the twin objective has weight 0")
+    return loss, terms
+
+
+def distill_objective(cls, teacher, alpha=1.0, temperature=OFFICIAL_TEMPERATURE,
+                      temperature_student=OFFICIAL_TEMPERATURE, temperature_teacher=OFFICIAL_TEMPERATURE):
+    """JTCSE-D, one student tower distilled from the frozen twin (this companion's design)::
+
+        L_D = NCE(s) + alpha * KL(p_T || p_S)        p = in-batch similarity softmax of view 1's rows
+
+    Args:
+        cls: ``(2B, H)`` the student's [CLS] rows, ``[view1; view2]``.
+        teacher: ``(B, Ht)`` the teacher's embeddings of the same B sentences (``CLS_A + CLS_B`` of the twin,
+            without dropout); constant.
+        alpha: weight of the distillation term (0: the student is trained with SimCSE alone).
+        temperature: tau of the student's NT-Xent; temperature_student, temperature_teacher: of the KL.
+
+    Returns:
+        ``(loss, {"nce", "distill"})`` (``distill`` only when alpha > 0).
+
+    Relations: with ``alpha = 0`` this is ``simcse_objective``. References: the teacher is the official
+    ``teacher_model`` (sum of the twin [CLS]); the paper does not publish the loss (docs/paper.md).
+    """
+    view1, view2 = cls.chunk(2)
+    terms = {"nce": nt_xent(view1, view2, temperature)}
+    loss = terms["nce"]
+    if alpha > 0:
+        terms["distill"] = distillation_kl(view1, teacher, temperature_student, temperature_teacher)
+        loss = loss + alpha * terms["distill"]  # NCE(s) + alpha KL(p_T || p_S)
+    return loss, terms

@@ -55,7 +55,6 @@ row of scores against L keys). K and V are reused from the main path, never reco
 
 from __future__ import annotations
 
-import json
 import numbers
 import os
 from collections.abc import Sequence
@@ -64,11 +63,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, PreTrainedModel
+from transformers import PreTrainedModel
+
+from .backbones import TOWERS, is_twin_dir, load_encoder, read_twin_json, twin_towers, write_twin_json
 
 __all__ = ["TwinOutput", "TwinTower", "resolve_cross_attention_layers"]
 
-TWIN_CONFIG_NAME = "twin_tower.json"
 _ARCH_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
 
@@ -244,19 +244,13 @@ class TwinTower(nn.Module):
         """Resolved 0-based cross-attention layer indices (sorted; empty = no branch)."""
         return list(self._cross_layers)
 
-    @cross_layers.setter
-    def cross_layers(self, spec: int | Sequence[int]) -> None:
-        self._cross_layers = resolve_cross_attention_layers(spec, self.depth)
-
     def towers(self) -> tuple[PreTrainedModel, PreTrainedModel]:
         return self.tower_a, self.tower_b
 
-    def _tower(self, which: str | int) -> PreTrainedModel:
-        if which in ("a", "A", 0):
-            return self.tower_a
-        if which in ("b", "B", 1):
-            return self.tower_b
-        raise ValueError(f"which must be 'a' or 'b', got {which!r}")
+    def _tower(self, which: str) -> PreTrainedModel:
+        if which not in ("a", "b"):
+            raise ValueError(f"which must be 'a' or 'b', got {which!r}")
+        return self.tower_a if which == "a" else self.tower_b
 
     # ---- forward -------------------------------------------------------------------------------------------
 
@@ -269,7 +263,7 @@ class TwinTower(nn.Module):
 
     def encode_tower(
         self,
-        which: str | int,
+        which: str,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
@@ -346,13 +340,12 @@ class TwinTower(nn.Module):
     # ---- persistence ---------------------------------------------------------------------------------------
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
-        """Write ``dir/tower_a`` and ``dir/tower_b`` as plain Hugging Face folders (safetensors), plus
-        ``dir/twin_tower.json`` with the cross-attention layers. Each tower loads with ``AutoModel``."""
+        """Write ``dir/tower_a`` and ``dir/tower_b`` as plain Hugging Face folders (safetensors), plus the twin
+        marker ``dir/twin.json`` with the cross-attention layers. Each tower loads with ``AutoModel``."""
         os.makedirs(save_directory, exist_ok=True)
-        self.tower_a.save_pretrained(os.path.join(save_directory, "tower_a"), **kwargs)
-        self.tower_b.save_pretrained(os.path.join(save_directory, "tower_b"), **kwargs)
-        with open(os.path.join(save_directory, TWIN_CONFIG_NAME), "w") as f:
-            json.dump({"cross_attention_layers": self.cross_layers, "depth": self.depth}, f, indent=2)
+        for name, tower in zip(TOWERS, self.towers()):
+            tower.save_pretrained(os.path.join(save_directory, name), **kwargs)
+        write_twin_json(save_directory, cross_attention_layers=self.cross_layers, depth=self.depth)
 
     @classmethod
     def from_pretrained(
@@ -360,30 +353,27 @@ class TwinTower(nn.Module):
         path_a: str | os.PathLike,
         path_b: str | os.PathLike | None = None,
         cross_attention_layers: int | Sequence[int] | None = None,
+        dropout: float | None = None,
         **kwargs,
     ) -> TwinTower:
-        """Load two towers with ``AutoModel.from_pretrained`` (never with remote code).
+        """Load two towers with ``backbones.load_encoder`` (never with remote code).
 
         Args:
-            path_a: a Hugging Face model folder, or a folder written by ``save_pretrained`` (holding tower_a/
-                and tower_b/), which loads both towers and, unless overridden, its cross-attention layers.
+            path_a: a model name (``backbones.resolve``), or a twin folder (tower_a/ and tower_b/), which loads
+                both towers and, unless overridden, the cross-attention layers its ``twin.json`` records.
             path_b: the second tower's folder; None -> a separate copy of path_a.
             cross_attention_layers: as in the constructor; None -> the saved value, else 0.
-            **kwargs: passed to ``AutoModel.from_pretrained`` (e.g. torch_dtype).
+            dropout: hidden and attention dropout of both towers (None: the models' own).
+            **kwargs: passed to ``from_pretrained`` (e.g. torch_dtype).
         """
-        if kwargs.get("trust_remote_code"):
+        if kwargs.pop("trust_remote_code", False):
             raise ValueError("TwinTower never loads remote code (trust_remote_code=True is refused)")
-        kwargs.pop("trust_remote_code", None)
-        path_a = os.fspath(path_a)
-        twin_a, twin_b = os.path.join(path_a, "tower_a"), os.path.join(path_a, "tower_b")
-        if path_b is None and os.path.isdir(twin_a) and os.path.isdir(twin_b):
-            saved = os.path.join(path_a, TWIN_CONFIG_NAME)
-            if cross_attention_layers is None and os.path.isfile(saved):
-                with open(saved) as f:
-                    cross_attention_layers = json.load(f).get("cross_attention_layers", 0)
-            path_a, path_b = twin_a, twin_b
+        if path_b is None and is_twin_dir(path_a):
+            if cross_attention_layers is None:
+                cross_attention_layers = read_twin_json(path_a).get("cross_attention_layers", 0)
+            path_a, path_b = twin_towers(path_a)
         elif path_b is None:
             path_b = path_a
-        tower_a = AutoModel.from_pretrained(path_a, **kwargs)
-        tower_b = AutoModel.from_pretrained(os.fspath(path_b), **kwargs)
+        tower_a = load_encoder(path_a, dropout, **kwargs)
+        tower_b = load_encoder(path_b, dropout, **kwargs)
         return cls(tower_a, tower_b, cross_attention_layers=cross_attention_layers or 0)

@@ -99,7 +99,8 @@ def run_pipeline(profile: str, start: str | None = None, only: list[str] | None 
                                        log_output=False, stdout_file=stream, stderr_file=stream)
         except PapermillExecutionError as e:
             raise NotebookFailed(f"{nb.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}",
-                                 f"open {out} to see the cell and its traceback; rerun with --only {nb.name[:2]}") from None
+                                 f"open {out} to see the cell and its traceback; rerun with --only "
+                                 f"{nb.name[:2]}") from None
         timings[nb.name] = round(time.perf_counter() - start_time, 1)
         print(f"[{i}/{len(chosen)}] {nb.name} done in {timings[nb.name]:.0f} s", flush=True)
     total = time.perf_counter() - total_start

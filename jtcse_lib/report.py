@@ -1,4 +1,5 @@
-"""Where results and figures go, the paper's reported numbers, and the tables notebooks 05-06 print.
+"""Where results and figures go, how models are labelled and drawn, the paper's numbers, and the tables the
+notebooks print.
 
 Paths: the committed embedded default (`cpu`) writes `results/cpu/` and `figures/NN_name.png`; `paper` writes
 `results/paper/` and `figures/paper/`; `smoke` (meaningless numbers) writes under `runs/smoke/` only, so a test
@@ -19,6 +20,17 @@ from .runs import REPO_ROOT, runs_root
 
 COLUMNS = [*STS_TASKS, "avg"]
 SHORT = {"STSBenchmark": "STS-B", "SICKRelatedness": "SICK-R", "avg": "Avg."}
+
+# One label and one colour per model, for every table and figure (backbone rows: "backbone_<pooling>").
+STAGE_LABELS = {"simcse_a": "SimCSE tower A", "simcse_b": "SimCSE tower B", "tncse": "TNCSE (twin)",
+                "jtcse": "JTCSE (twin)", "distill": "JTCSE-D"}
+STAGE_COLORS = {"backbone_cls": "#b0b0b0", "backbone_mean": "#707070", "simcse_a": "#9ecae1",
+                "simcse_b": "#3182bd", "tncse": "#fd8d3c", "jtcse": "#d62728", "distill": "#756bb1"}
+BACKBONE_NAMES = {"minilm": "MiniLM-L6"}  # readable names for labels
+
+
+def backbone_name(backbone: str) -> str:
+    return BACKBONE_NAMES.get(backbone, backbone)
 
 # docs/paper.md, "Reported results" (BERT-base / RoBERTa-base, full Wiki1M; Spearman x 100).
 PAPER_TABLE = pd.DataFrame.from_records([
@@ -54,12 +66,39 @@ def figures_dir(profile: str) -> Path:
 
 
 def save_figure(fig, profile: str, name: str, dpi: int = 160) -> Path:
-    """Save `fig` as PNG (and PDF) under the profile's figures folder; returns the PNG path."""
+    """Save `fig` as PNG (and PDF) under the profile's figures folder; returns the PNG path. No creation date or
+    software stamp is written, so the same figure gives the same bytes on a re-run."""
     folder = figures_dir(profile)
     png = folder / f"{name}.png"
-    fig.savefig(png, dpi=dpi, bbox_inches="tight")
-    fig.savefig(folder / f"{name}.pdf", bbox_inches="tight")
+    fig.savefig(png, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(folder / f"{name}.pdf", bbox_inches="tight", metadata={"CreationDate": None, "Producer": None,
+                                                                         "Creator": None})
     return png
+
+
+def show_figure(fig, profile: str, name: str) -> Path:
+    """The epilogue of every figure cell: save it (`save_figure`), show it in the notebook, close it."""
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    path = save_figure(fig, profile, name)
+    display(fig)
+    plt.close(fig)
+    return path
+
+
+def smoke_banner(config) -> None:
+    """Under the `smoke` profile, display the one warning every notebook gives: the numbers are meaningless."""
+    if config.profile != "smoke":
+        return
+    from IPython.display import Markdown, display
+
+    cut = f" and every STS test sub-set is cut to its first **{config.test_pairs} pairs**" if config.test_pairs else ""
+    display(Markdown(
+        f"> **⚠️ SMOKE PROFILE: every number in this notebook is meaningless.** Each model is trained for "
+        f"**{config.max_steps} steps** on **{config.corpus_limit} sentences**, selected on {config.dev_pairs} STS-B "
+        f"dev pairs{cut}. The run only shows that the notebook executes end to end; run it with "
+        "`papermill ... -p profile cpu` (or `make reproduce`) for real numbers."))
 
 
 def write_table(df: pd.DataFrame, profile: str, name: str, config: dict | None = None) -> Path:

@@ -22,12 +22,12 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from .config import RunConfig, config_hash
-from .data import content_digest, corpus_path, stsb_path, sts_test_digest
+from .config import STAGES, TWIN_STAGES, RunConfig, config_hash
+from .data import content_digest, corpus_path, sts_test_digest, stsb_path
 from .errors import ConfigError
+from .files import write_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RUN_STAGES = ("simcse_a", "simcse_b", "tncse", "jtcse", "distill")
 
 # settings every stage's result depends on
 _COMMON = ("backbone", "corpus", "corpus_limit", "max_length", "batch_size", "grad_accum", "epochs", "max_steps",
@@ -44,6 +44,17 @@ _OWN = {
 }
 _PARENTS = {"simcse_a": (), "simcse_b": (), "tncse": ("simcse_a", "simcse_b"), "jtcse": ("simcse_a", "simcse_b"),
             "distill": ("jtcse",)}
+# Settings no stage's trained model depends on, and why (tests/test_runs.py checks that every config key is
+# either keyed above or listed here).
+UNKEYED = {
+    "profile": "names the folder runs/<profile>/ that holds the runs",
+    "seeds": "the list of seeds to run; each run is keyed by its own `seed`",
+    "ablations": "which variants notebook 06 runs; each variant is keyed by the settings it changes",
+    "test_pairs": "test-set scoring only, after training; cached scores are keyed by it in their file name",
+    "eval_batch_size": "encoding batch size: the same scores up to float rounding (padding is masked)",
+    "checkpoint_every": "when resumable checkpoints are written; a resumed run equals an uninterrupted one",
+    "log_every": "how often loss terms are averaged into metrics.jsonl; the weights do not change",
+}
 
 
 def runs_root() -> Path:
@@ -52,8 +63,8 @@ def runs_root() -> Path:
 
 
 def _check_stage(stage: str) -> None:
-    if stage not in RUN_STAGES:
-        raise ConfigError(f"unknown run stage {stage!r}", f"use one of {', '.join(RUN_STAGES)}")
+    if stage not in STAGES:
+        raise ConfigError(f"unknown run stage {stage!r}", f"use one of {', '.join(STAGES)}")
 
 
 def stage_key(config: RunConfig, stage: str, data_dir=None) -> str:
@@ -88,12 +99,13 @@ def _exclusive(out: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def model_path(config: RunConfig, stage: str, data_dir=None, progress: bool = True) -> Path:
-    """The best model of `stage` under `config` (a HF folder, or a twin folder), trained first if absent."""
+def trained_model(config: RunConfig, stage: str, data_dir=None, progress: bool = True) -> Path:
+    """The best model of `stage` under `config` (a HF folder, or a twin folder). Trains it, and the stages it starts
+    from, when the cache lacks them: instant when cached, minutes to hours otherwise."""
     out = run_dir(config, stage, data_dir)
     if (out / "DONE").is_file():
         return out / "best"
-    parents = [model_path(config, p, data_dir, progress) for p in _PARENTS[stage]]
+    parents = [trained_model(config, p, data_dir, progress) for p in _PARENTS[stage]]
     with _exclusive(out):
         if not (out / "DONE").is_file():  # another process may have finished it while we waited
             _train(config, stage, out, parents, data_dir, progress)
@@ -104,24 +116,21 @@ def _train(config: RunConfig, stage: str, out: Path, parents: list[Path], data_d
     from .train import Trainer
 
     kwargs = {}
-    if stage in ("simcse_a", "simcse_b"):
-        trainer_stage, kwargs["tower"] = "simcse", stage[-1]
-    elif stage in ("tncse", "jtcse"):
-        trainer_stage, kwargs["init"] = stage, tuple(parents)
-    else:
-        trainer_stage, kwargs["teacher"] = "distill", parents[0]
-    Trainer(config, trainer_stage, out, data_dir=data_dir, cache_dir=runs_root() / config.profile / "cache",
-            progress=progress, **kwargs).run()
+    if stage in TWIN_STAGES:
+        kwargs["init"] = tuple(parents)
+    elif stage == "distill":
+        kwargs["teacher"] = parents[0]
+    Trainer(config, stage, out, data_dir=data_dir, progress=progress, **kwargs).run()
     if not (out / "best").is_dir():
         raise RuntimeError(f"training of {stage} finished without a best model in {out}")
-    (out / "DONE").write_text(json.dumps({"stage": stage, "key": stage_key(config, stage, data_dir)}) + "\n")
+    write_json(out / "DONE", {"stage": stage, "key": stage_key(config, stage, data_dir)})
 
 
 def metrics(config: RunConfig, stage: str, data_dir=None) -> list[dict]:
     """The metrics.jsonl records of a run (training loss terms and STS-B dev scores)."""
     path = run_dir(config, stage, data_dir) / "metrics.jsonl"
     if not path.is_file():
-        raise ConfigError(f"no metrics for {stage} under this config ({path})", "train it first with model_path()")
+        raise ConfigError(f"no metrics for {stage} under this config ({path})", "train it first with trained_model()")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -134,14 +143,15 @@ def sts_scores(config: RunConfig, stage: str | None, pooling: str = "cls", boots
                data_dir=None, progress: bool = True) -> dict:
     """STS test scores (the `evaluate --out` JSON) of a stage's best model, or of the backbone when stage is
     None; computed once and cached beside the model. A twin is scored as the sum of its towers."""
-    from .evaluate import evaluate_sts, load_encoder_for
+    from .evaluate import evaluate_sts, sentence_encoder
     from .provenance import provenance
 
     if stage is None:
-        folder = runs_root() / config.profile / f"backbone-{config_hash(config.to_dict(), ['backbone', 'eval_max_length'])}"
+        key = config_hash(config.to_dict(), ["backbone", "eval_max_length"])
+        folder = runs_root() / config.profile / f"backbone-{key}"
         model = config.backbone
     else:
-        model = model_path(config, stage, data_dir, progress)
+        model = trained_model(config, stage, data_dir, progress)
         folder = model.parent
     cache = folder / f"sts_{pooling}_{config.test_pairs or 'all'}_{bootstrap}.json"
     digest = sts_test_digest(data_dir)
@@ -149,16 +159,13 @@ def sts_scores(config: RunConfig, stage: str | None, pooling: str = "cls", boots
         cached = json.loads(cache.read_text())
         if cached.get("test_data_digest") == digest:  # scores of other test files are recomputed, not reused
             return cached
-    encoder = load_encoder_for(model, pooling, config.eval_batch_size, config.eval_max_length, progress)
+    encoder = sentence_encoder(model, pooling, config.eval_batch_size, config.eval_max_length, progress)
     report = evaluate_sts(encoder, data_dir=data_dir, bootstrap=bootstrap, seed=config.seed,
                           max_pairs=config.test_pairs)
     result = {"model": str(model), "stage": stage or "backbone", "pooling": pooling, **report.to_dict(),
               "test_pairs_per_subset": config.test_pairs, "test_data_digest": digest, "config": config.to_dict(),
               **provenance()}
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(cache)
+    write_json(cache, result)
     return result
 
 
@@ -168,7 +175,8 @@ def copy_run_records(profile: str, dest: Path) -> list[Path]:
     the model weights."""
     copied = []
     for run in sorted(p for p in (runs_root() / profile).iterdir() if p.is_dir() and "-" in p.name):
-        files = [f for f in (run / "result.json", run / "metrics.jsonl") if f.is_file()] + sorted(run.glob("sts_*.json"))
+        files = [f for f in (run / "result.json", run / "metrics.jsonl") if f.is_file()]
+        files += sorted(run.glob("sts_*.json"))
         for f in files:
             target = Path(dest) / run.name / f.name
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,23 +1,23 @@
-"""Training: one `Trainer` for the four stages.
+"""Training: one `Trainer` for the five stages; each stage's loss is an objective of `jtcse_lib.losses`.
 
-| stage   | model                              | loss                                                            |
-|---------|------------------------------------|-----------------------------------------------------------------|
-| simcse  | one encoder                        | NT-Xent of its two dropout views                                |
-| tncse   | `TwinTower`, no cross-attention    | NCE(A) + NCE(B) + ICNCE(A->B on [CLS]) + ICTM(A,B) + ICTM(B,A)    |
-| jtcse   | `TwinTower` with the cross branch  | NCE(A) + NCE(B) + ICNCE(cross [CLS]) + ICNCE([CLS]) + ICTM(A,B) + ICTM(B,A), the ICNCE direction (A->B or B->A) drawn at random per step |
-| distill | one student, frozen twin teacher   | NT-Xent(student) + alpha * KL(teacher || student) of in-batch similarity distributions |
+| stage              | model                              | objective (jtcse_lib.losses)                        |
+|--------------------|------------------------------------|-----------------------------------------------------|
+| simcse_a, simcse_b | one encoder                        | `simcse_objective`: NCE of its two dropout views    |
+| tncse              | `TwinTower`, no cross-attention    | `twin_objective`, ICNCE direction fixed A -> B       |
+| jtcse              | `TwinTower` with the cross branch  | `twin_objective`, ICNCE direction drawn per step     |
+| distill            | one student, frozen twin teacher   | `distill_objective`: NCE + alpha KL(teacher, student) |
 
-Each term has a weight in the config (0 switches it off) for the ablations. A batch of B sentences is
-tokenised once (cached on disk) and fed as 2B rows (the same tokens twice) in one forward pass: dropout makes
-the two views. Rows [0, B) are view 1 and rows [B, 2B) view 2.
+A batch of B sentences is tokenised once (cached on disk) and fed as 2B rows (the same tokens twice) in one
+forward pass: dropout makes the two views, rows [0, B) view 1 and rows [B, 2B) view 2.
 
 Every `eval_every` optimizer steps the model is scored on STS-B dev (the twin as the sum of its towers' [CLS]
 vectors, as at inference); the best is kept as plain Hugging Face folder(s) in `out/best`. Every
 `checkpoint_every` steps a resumable checkpoint (weights, optimizer, scheduler, RNG states, data position) is
-written atomically to `out/checkpoint`; running the same command again resumes from it exactly. Metrics go to
-`out/metrics.jsonl` (with the starting point's dev score at step 0, for the curves; it is not a candidate for
-`best/`, as in the official code), the resolved config to `out/config.json`, the summary to `out/result.json` (written last:
-its presence means the run is complete).
+written to `out/checkpoint`; running the same command again resumes from it exactly. Both are written to a
+temporary folder and swapped in by renames (`_write_folder`). Metrics go to `out/metrics.jsonl` (with the
+starting point's dev score at step 0, for the curves; it is not a candidate for `best/`, as in the official
+code), the resolved config to `out/config.json`, the summary to `out/result.json` (written last: its presence
+means the run is complete).
 
 On CUDA: TF32 matmuls and autocast (bf16 where supported, else fp16 with a gradient scaler). On CPU: fp32.
 The loop reads no tensor on the host except every `log_every` steps (loss logging and the finiteness check).
@@ -29,23 +29,27 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from .backbones import is_twin_dir, load_encoder, load_tokenizer
-from .config import STAGES, RunConfig, config_hash
-from .data import corpus_path, load_corpus, load_stsb, tokenize_corpus
+from .backbones import is_twin_dir, load_encoder, load_tokenizer, model_folder
+from .config import STAGES, TWIN_STAGES, RunConfig, config_hash
+from .data import cache_root, corpus_path, load_corpus, load_stsb, tokenize_corpus
 from .errors import ConfigError, JtcseError
 from .evaluate import SumEncoder, TowerEncoder, stsb_dev_score
-from .losses import cross_nt_xent, distillation_kl, nt_xent, tensor_modulus_loss
+from .files import write_json
+from .losses import TwinWeights, distill_objective, simcse_objective, twin_objective
 from .model import TwinTower
 from .progress import progress_bar
 from .provenance import provenance
 
-TWIN_STAGES = ("tncse", "jtcse")
+# Seeds derived from config.seed, each stream separate so that changing one never shifts another:
+PERMUTATION_SEED = 1_000_003  # data order of epoch e: seed * 1_000_003 + e (a prime keeps epochs of seeds apart)
+DIRECTION_SEED_OFFSET = 7  # the JTCSE ICNCE direction generator: seed + 7 (any constant apart from the data's)
 
 
 class TrainingDiverged(JtcseError):
@@ -63,30 +67,6 @@ class TrainResult:
     wall_seconds: float
 
 
-# ---------------------------------------------------------------- small helpers
-
-def _atomic_dir_swap(tmp: Path, final: Path) -> None:
-    """Replace `final` by the fully written `tmp`; at every instant one complete version exists on disk."""
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf8")
-    tmp.replace(path)
-
-
-def _dropout_kwargs(p: float | None) -> dict:
-    return {} if p is None else {"hidden_dropout_prob": p, "attention_probs_dropout_prob": p}
-
-
 def _rng_state(device: torch.device) -> dict:
     state = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
@@ -101,39 +81,46 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 
 
 class Trainer:
-    """Train one stage; `run()` resumes from `out_dir/checkpoint` when it exists.
+    """Train one stage: the constructor builds the model, data and optimizer; `run()` is the loop and resumes from
+    `out_dir/checkpoint` when it exists.
 
     Args:
         config: the resolved run configuration.
-        stage: simcse | tncse | jtcse | distill.
+        stage: simcse_a | simcse_b | tncse | jtcse | distill.
         out_dir: where checkpoints, metrics and the best model go.
-        init: simcse/distill: the encoder to start from (default: config.backbone; distill with
-            distill_init=tower_a: the teacher's tower A); tncse/jtcse: (tower A, tower B) folders,
-            default: both from config.backbone.
-        tower: simcse only, "a" or "b": which learning rate and seed of stage 1 to use.
-        teacher: distill only: a twin folder (tower_a/, tower_b/).
-        cache_dir: where the tokenised corpus is cached (default: out_dir/../cache).
+        init: simcse_a/b, distill: the encoder to start from (default: config.backbone; distill with
+            distill_init=tower_a: the teacher's tower A); tncse/jtcse: (tower A, tower B) folders, default: both
+            from config.backbone. A run folder stands for its best/ model.
+        teacher: distill only: a twin folder (tower_a/, tower_b/) or the run folder of a tncse/jtcse run.
+        cache_dir: the cache folder for the tokenised corpus (default: `data.cache_root()`).
     """
 
-    def __init__(self, config: RunConfig, stage: str, out_dir, init=None, tower: str = "a", teacher=None,
-                 data_dir=None, cache_dir=None, device=None, progress: bool = True):
+    def __init__(self, config: RunConfig, stage: str, out_dir, init=None, teacher=None, data_dir=None,
+                 cache_dir=None, device=None, progress: bool = True):
         if stage not in STAGES:
             raise ConfigError(f"unknown stage {stage!r}", f"use one of {', '.join(STAGES)}")
         if stage == "distill" and teacher is None:
             raise ConfigError("the distill stage needs a teacher", "pass --teacher DIR (a trained twin folder)")
-        if tower not in ("a", "b"):
-            raise ConfigError(f"unknown tower {tower!r}", "use a or b")
-        self.config, self.stage, self.tower = config, stage, tower
+        self.config, self.stage = config, stage
         self.out_dir = Path(out_dir)
         self.data_dir = data_dir
-        self.cache_dir = Path(cache_dir) if cache_dir else self.out_dir.parent / "cache"
+        self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
         self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.progress = progress
-        self.seed = config.seed + (config.seed_b_offset if stage == "simcse" and tower == "b" else 0)
-        self.lr = config.stage_lr(stage, tower)
-        self.teacher_dir = Path(teacher) if teacher is not None else None
-        self.init = init
+        self.seed = config.seed + (config.seed_b_offset if stage == "simcse_b" else 0)
+        self.lr = config.stage_lr(stage)
+        self.teacher_dir = Path(model_folder(teacher)) if teacher is not None else None
+        self.init = (tuple(model_folder(i) for i in init) if isinstance(init, (tuple, list)) else model_folder(init)
+                     ) if init is not None else None
         self._setup_precision()
+        torch.manual_seed(self.seed)  # any weight the checkpoint lacks (e.g. a pooler) is initialised reproducibly
+        self._build_model()
+        self._build_data()
+        self._build_optimizer()
+        self.direction_gen = torch.Generator().manual_seed(self.seed + DIRECTION_SEED_OFFSET)
+        self.step = self.epoch = self.index = 0
+        self.best_dev, self.best_step = -math.inf, -1
+        self._elapsed_before, self._start = 0.0, time.perf_counter()
 
     # ---------------------------------------------------------------- construction
 
@@ -156,33 +143,37 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
     def _build_model(self) -> None:
-        cfg, drop = self.config, _dropout_kwargs(self.config.dropout)
-        torch.manual_seed(self.seed)
-        if self.stage == "simcse":
-            source = self.init or cfg.backbone
-            self.model = load_encoder(source, **drop)
-            self.tokenizer = load_tokenizer(source)
-        elif self.stage in TWIN_STAGES:
+        cfg, p = self.config, self.config.dropout
+        if self.stage in TWIN_STAGES:
             src_a, src_b = self.init if self.init else (cfg.backbone, cfg.backbone)
             layers = cfg.cross_attention_layers if self.stage == "jtcse" else 0
             try:
-                self.model = TwinTower(load_encoder(src_a, **drop), load_encoder(src_b, **drop), layers)
+                self.model = TwinTower.from_pretrained(src_a, src_b, cross_attention_layers=layers, dropout=p)
             except ValueError as e:  # e.g. a cross-attention count that does not divide the depth
                 raise ConfigError(str(e), "change cross_attention_layers (or the towers) as the message says") from None
             self.tokenizer = load_tokenizer(src_a)
             if cfg.w_modulus > 0 and cfg.modulus_variant == "official" and self.model.tower_a.pooler is None:
                 raise ConfigError("modulus_variant=official needs pooler outputs and this backbone has no pooler",
                                   "set modulus_variant=paper")
-        else:  # distill
+            self.with_cross = self.stage == "jtcse" and cfg.w_cross_attention > 0 and bool(self.model.cross_layers)
+            self.weights = TwinWeights(cfg.w_nce, cfg.w_cross_cls, cfg.w_cross_attention, cfg.w_modulus)
+            if not (self.weights.nce or self.weights.cross_cls or self.weights.modulus or self.with_cross):
+                raise ConfigError("every loss weight of this stage is 0", "set at least one of w_nce, w_cross_cls, "
+                                  "w_cross_attention, w_modulus above 0")
+        elif self.stage == "distill":
             teacher = self.teacher_dir
             if not is_twin_dir(teacher):
                 raise ConfigError(f"teacher folder {teacher} does not hold tower_a/ and tower_b/",
-                                  "pass the best/ folder of a tncse or jtcse run")
+                                  "pass the best/ folder (or the run folder) of a tncse or jtcse run")
             source = self.init or (teacher / "tower_a" if cfg.distill_init == "tower_a" else cfg.backbone)
-            self.model = load_encoder(source, **drop)
+            self.model = load_encoder(source, dropout=p)
             self.tokenizer = load_tokenizer(teacher / "tower_a")
-            self.teacher = TwinTower(load_encoder(teacher / "tower_a"), load_encoder(teacher / "tower_b"), 0)
+            self.teacher = TwinTower.from_pretrained(teacher, cross_attention_layers=0)
             self.teacher.to(self.device).eval().requires_grad_(False)
+        else:  # simcse_a, simcse_b
+            source = self.init or cfg.backbone
+            self.model = load_encoder(source, dropout=p)
+            self.tokenizer = load_tokenizer(source)
         self.model.to(self.device)
 
     def _build_data(self) -> None:
@@ -191,13 +182,15 @@ class Trainer:
         key = config_hash({"corpus": str(corpus_path(cfg.corpus, self.data_dir)), "limit": cfg.corpus_limit,
                            "n": len(ds), "vocab": self.tokenizer.vocab_size, "tokenizer": type(self.tokenizer).__name__,
                            "special": self.tokenizer.all_special_ids, "max_length": cfg.max_length})
-        tok = tokenize_corpus(ds, self.tokenizer, cfg.max_length, cache_file=self.cache_dir / "tokenized" / f"{key}.arrow")
+        tok = tokenize_corpus(ds, self.tokenizer, cfg.max_length,
+                              cache_file=self.cache_dir / "tokenized" / f"{key}.arrow")
         self.sentences: list[list[int]] = tok["input_ids"]
         lengths = tok["n_tokens_untruncated"]
         self.n_truncated = sum(n > cfg.max_length for n in lengths)
         self.steps_per_epoch = len(self.sentences) // cfg.batch_size
         if self.steps_per_epoch == 0:
-            raise ConfigError(f"batch_size={cfg.batch_size} is larger than the corpus ({len(self.sentences)} sentences)",
+            raise ConfigError(f"batch_size={cfg.batch_size} is larger than the corpus "
+                              f"({len(self.sentences)} sentences)",
                               f"set batch_size to at most {len(self.sentences)}, or use a larger corpus")
         updates_per_epoch = max(1, self.steps_per_epoch // cfg.grad_accum)
         self.total_steps = cfg.max_steps or cfg.epochs * updates_per_epoch
@@ -221,13 +214,13 @@ class Trainer:
 
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
-    # ---------------------------------------------------------------- data
+    # ---------------------------------------------------------------- one step
 
-    def _batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
+    def batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
         """Batch `index` of epoch `epoch` as 2B rows (view 1 = rows [0, B), view 2 = rows [B, 2B))."""
         B = self.config.batch_size
         if getattr(self, "_perm_epoch", None) != epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            g = torch.Generator().manual_seed(self.seed * PERMUTATION_SEED + epoch)
             self._perm, self._perm_epoch = torch.randperm(len(self.sentences), generator=g), epoch
         rows = [self.sentences[i] for i in self._perm[index * B:(index + 1) * B].tolist()]
         L = max(len(r) for r in rows)
@@ -241,55 +234,55 @@ class Trainer:
             batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
-    # ---------------------------------------------------------------- losses
+    def loss(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The stage's objective on one batch: (weighted total, unweighted terms)."""
+        cfg = self.config
+        if self.stage in TWIN_STAGES:
+            # ICNCE direction: drawn per step for JTCSE (CPU generator: no device sync), fixed A -> B for TNCSE
+            b_to_a = self.stage == "jtcse" and bool(torch.randint(2, (1,), generator=self.direction_gen))
+            out = self.model(**batch, with_cross=self.with_cross)
+            return twin_objective(**vars(out), weights=self.weights, temperature=cfg.temperature,
+                                  modulus_variant=cfg.modulus_variant, b_to_a=b_to_a)
+        cls = self.model(**batch).last_hidden_state[:, 0]  # (2B, H)
+        if self.stage == "distill":
+            return distill_objective(cls, self._teacher(batch), cfg.distill_alpha, cfg.temperature,
+                                     cfg.distill_temperature_student, cfg.distill_temperature_teacher)
+        return simcse_objective(cls, cfg.temperature)
 
-    def _loss(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        cfg, T = self.config, self.config.temperature
+    @torch.no_grad()
+    def _teacher(self, batch) -> torch.Tensor | None:
+        """CLS_A + CLS_B of the frozen twin for the batch's B sentences (view 1 rows), or None when unused."""
+        if self.config.distill_alpha <= 0:
+            return None
         B = batch["input_ids"].shape[0] // 2
-        terms: dict[str, torch.Tensor] = {}
-        if self.stage in ("simcse", "distill"):
-            cls = self.model(**batch).last_hidden_state[:, 0]  # (2B, H)
-            terms["nce"] = nt_xent(cls[:B], cls[B:], T)
-            loss = terms["nce"]
-            if self.stage == "distill" and cfg.distill_alpha > 0:
-                with torch.no_grad():
-                    first = {k: v[:B] for k, v in batch.items()}
-                    out = self.teacher(**first, with_cross=False)
-                    teacher = out.cls_a + out.cls_b  # (B, H): the twin at inference
-                terms["distill"] = distillation_kl(cls[:B], teacher, cfg.distill_temperature_student,
-                                                   cfg.distill_temperature_teacher)
-                loss = loss + cfg.distill_alpha * terms["distill"]
-            return loss, terms
+        out = self.teacher(**{k: v[:B] for k, v in batch.items()}, with_cross=False)
+        return out.cls_a + out.cls_b  # (B, H): the twin at inference
 
-        with_cross = self.stage == "jtcse" and cfg.w_cross_attention > 0 and bool(self.model.cross_layers)
-        out = self.model(**batch, with_cross=with_cross)
-        a1, a2, b1, b2 = out.cls_a[:B], out.cls_a[B:], out.cls_b[:B], out.cls_b[B:]  # each (B, H)
-        loss = torch.zeros((), device=self.device)
-        if cfg.w_nce > 0:
-            terms["nce_a"], terms["nce_b"] = nt_xent(a1, a2, T), nt_xent(b1, b2, T)
-            loss = loss + cfg.w_nce * (terms["nce_a"] + terms["nce_b"])
-        # ICNCE direction: drawn per step for JTCSE (CPU generator: no device sync), fixed A->B for TNCSE
-        b_to_a = self.stage == "jtcse" and bool(torch.randint(2, (1,), generator=self.direction_gen))
-        if cfg.w_cross_cls > 0:
-            x, y = ((b1, b2), (a1, a2)) if b_to_a else ((a1, a2), (b1, b2))
-            terms["cross_cls"] = cross_nt_xent(*x, *y, temperature=T)
-            loss = loss + cfg.w_cross_cls * terms["cross_cls"]
-        if with_cross:
-            ca, cb = (out.cross_a[:B], out.cross_a[B:]), (out.cross_b[:B], out.cross_b[B:])
-            x, y = (cb, ca) if b_to_a else (ca, cb)
-            terms["cross_attention"] = cross_nt_xent(*x, *y, temperature=T)
-            loss = loss + cfg.w_cross_attention * terms["cross_attention"]
-        if cfg.w_modulus > 0:
-            pa = (out.pooled_a[:B], out.pooled_a[B:]) if out.pooled_a is not None else (None, None)
-            pb = (out.pooled_b[:B], out.pooled_b[B:]) if out.pooled_b is not None else (None, None)
-            v = cfg.modulus_variant
-            terms["modulus"] = (tensor_modulus_loss(a1, b2, pa[0], pb[1], variant=v)  # ICTM(A, B)
-                                + tensor_modulus_loss(b1, a2, pb[0], pa[1], variant=v))  # ICTM(B, A)
-            loss = loss + cfg.w_modulus * terms["modulus"]
-        if not terms:
-            raise ConfigError("every loss weight of this stage is 0", "set at least one of w_nce, w_cross_cls, "
-                              "w_cross_attention, w_modulus above 0")
-        return loss, terms
+    def train_step(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """One optimizer step over `batches` (gradient accumulation); returns the loss terms, averaged over the
+        batches, as device tensors (nothing is read on the host)."""
+        sums: dict[str, torch.Tensor] = {}
+        for batch in batches:
+            try:
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                    loss, terms = self.loss(batch)
+                self.scaler.scale(loss / len(batches)).backward()
+            except torch.cuda.OutOfMemoryError:
+                cfg = self.config
+                half = max(2, cfg.batch_size // 2)
+                raise JtcseError(
+                    f"CUDA ran out of memory at batch_size={cfg.batch_size}, max_length={cfg.max_length}",
+                    f"a smaller max_length keeps the loss; batch_size={half} grad_accum={cfg.grad_accum * 2} keeps "
+                    f"the sentences per optimizer step but changes the loss (in-batch negatives come from one "
+                    f"micro-batch: {2 * half - 2} per row instead of {2 * cfg.batch_size - 2}), so the result is "
+                    "not the same recipe") from None
+            for name, value in {"loss": loss, **terms}.items():
+                sums[name] = sums.get(name, 0) + value.detach().float() / len(batches)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return sums
 
     # ---------------------------------------------------------------- evaluation and saving
 
@@ -303,44 +296,52 @@ class Trainer:
     def dev_score(self) -> float:
         return stsb_dev_score(self._encoder(), pairs=self.dev_pairs)
 
-    def _save_model(self, final: Path) -> None:
-        tmp = final.with_name(final.name + ".tmp")
+    def _evaluate(self, candidate: bool = True) -> float:
+        """STS-B dev score of the current model; keep it as `best/` when it is a candidate and improves."""
+        dev = self.dev_score()
+        self.model.train()
+        improved = candidate and dev > self.best_dev
+        if improved:
+            self.best_dev, self.best_step = dev, self.step
+            self._write_folder(self.out_dir / "best", "best model", self._write_model)
+        self._log({"step": self.step, "stsb_dev": dev, "best_dev": self.best_dev, "improved": improved})
+        return dev
+
+    def _write_folder(self, final: Path, what: str, write: Callable[[Path], None]) -> None:
+        """The one save path: `write` fills a temporary folder, which then replaces `final` by two renames, so one
+        complete version exists on disk at every instant (a kill between the renames leaves `final.old`)."""
+        tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
         try:
             if tmp.exists():
                 shutil.rmtree(tmp)
-            if self.stage in TWIN_STAGES:
-                self.model.save_pretrained(tmp)
-                for name in ("tower_a", "tower_b"):
-                    self.tokenizer.save_pretrained(tmp / name)
-            else:
-                self.model.save_pretrained(tmp)
-                self.tokenizer.save_pretrained(tmp)
-        except OSError as e:
+            tmp.mkdir(parents=True)
+            write(tmp)
+        except OSError as e:  # disk full, quota, permissions: the previous version was not touched
             shutil.rmtree(tmp, ignore_errors=True)
-            raise JtcseError(f"could not write the best model of step {self.step} to {tmp} ({e.strerror or e}); the "
-                             f"previous best model in {final} is intact",
-                             "free disk space and run the same command again to resume") from None
-        _atomic_dir_swap(tmp, final)
+            raise JtcseError(f"could not write the {what} of step {self.step} to {tmp} ({e.strerror or e}); the "
+                             f"previous one in {final} is intact",
+                             "free disk space (or fix permissions) and run the same command again to resume") from None
+        if old.exists():
+            shutil.rmtree(old)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        if old.exists():
+            shutil.rmtree(old)
+
+    def _write_model(self, folder: Path) -> None:
+        self.model.save_pretrained(folder)
+        for sub in ([folder / "tower_a", folder / "tower_b"] if self.stage in TWIN_STAGES else [folder]):
+            self.tokenizer.save_pretrained(sub)
 
     def _save_checkpoint(self) -> None:
-        final, tmp = self.out_dir / "checkpoint", self.out_dir / "checkpoint.tmp"
-        try:
-            self._write_checkpoint(tmp)
-        except OSError as e:  # disk full, quota, permissions: the previous checkpoint was not touched
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise JtcseError(f"could not write the checkpoint of step {self.step} to {tmp} ({e.strerror or e}); the "
-                             f"previous checkpoint in {final} is intact",
-                             "free disk space (or fix permissions) and run the same command again to resume") from None
-        _atomic_dir_swap(tmp, final)
+        self._write_folder(self.out_dir / "checkpoint", "checkpoint", self._write_checkpoint)
 
-    def _write_checkpoint(self, tmp: Path) -> None:
+    def _write_checkpoint(self, folder: Path) -> None:
         from safetensors.torch import save_file
 
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
         save_file({k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()},
-                  str(tmp / "model.safetensors"))
+                  str(folder / "model.safetensors"))
         torch.save({
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -350,7 +351,7 @@ class Trainer:
             "step": self.step, "epoch": self.epoch, "index": self.index,
             "best_dev": self.best_dev, "best_step": self.best_step,
             "elapsed": self.elapsed(),
-        }, tmp / "trainer_state.pt")
+        }, folder / "trainer_state.pt")
 
     def _load_checkpoint(self) -> bool:
         from safetensors.torch import load_file
@@ -377,17 +378,6 @@ class Trainer:
             old.rename(best)
         return True
 
-    def _evaluate(self, candidate: bool = True) -> float:
-        """STS-B dev score of the current model; keep it as `best/` when it is a candidate and improves."""
-        dev = self.dev_score()
-        self.model.train()
-        improved = candidate and dev > self.best_dev
-        if improved:
-            self.best_dev, self.best_step = dev, self.step
-            self._save_model(self.out_dir / "best")
-        self._log({"step": self.step, "stsb_dev": dev, "best_dev": self.best_dev, "improved": improved})
-        return dev
-
     def _trim_metrics(self, step: int) -> None:
         """Drop metric lines written after the checkpoint we resume from (they will be written again)."""
         path = self.out_dir / "metrics.jsonl"
@@ -407,19 +397,13 @@ class Trainer:
     def run(self) -> TrainResult:
         cfg = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._build_model()
-        self._build_data()
-        self._build_optimizer()
-        self.direction_gen = torch.Generator().manual_seed(self.seed + 7)
-        self.step = self.epoch = self.index = 0
-        self.best_dev, self.best_step = -math.inf, -1
-        self._elapsed_before, self._start = 0.0, time.perf_counter()
+        self._start = time.perf_counter()
         resumed = self._load_checkpoint()
         if not resumed:
             torch.manual_seed(self.seed)
             (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
-        _write_json(self.out_dir / "config.json", {"stage": self.stage, "tower": self.tower, "seed": self.seed,
-                                                    "lr": self.lr, "init": str(self.init), "config": cfg.to_dict(),
+        write_json(self.out_dir / "config.json", {"stage": self.stage, "seed": self.seed, "lr": self.lr,
+                                                    "init": str(self.init), "config": cfg.to_dict(),
                                                     "teacher": str(self.teacher_dir)})
         if self.n_truncated:
             tqdm.write(f"[{self.stage}] {self.n_truncated} of {len(self.sentences)} training sentences are longer "
@@ -430,34 +414,19 @@ class Trainer:
             self._evaluate(candidate=False)
 
         self.model.train()
-        bar = progress_bar(total=self.total_steps, initial=self.step, desc=self.stage, unit="step", disable=not self.progress,
-                   dynamic_ncols=True)
+        bar = progress_bar(total=self.total_steps, initial=self.step, desc=self.stage, unit="step",
+                           disable=not self.progress, dynamic_ncols=True)
         sums: dict[str, torch.Tensor] = {}
         n_logged, last_loss = 0, "-"
         while self.step < self.total_steps:
+            batches = []
             for _ in range(cfg.grad_accum):
                 if self.index >= self.steps_per_epoch:
                     self.epoch, self.index = self.epoch + 1, 0
-                batch = self._batch(self.epoch, self.index)
+                batches.append(self.batch(self.epoch, self.index))
                 self.index += 1
-                try:
-                    with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                        loss, terms = self._loss(batch)
-                    self.scaler.scale(loss / cfg.grad_accum).backward()
-                except torch.cuda.OutOfMemoryError:
-                    half = max(2, cfg.batch_size // 2)
-                    raise JtcseError(
-                        f"CUDA ran out of memory at batch_size={cfg.batch_size}, max_length={cfg.max_length}",
-                        f"a smaller max_length keeps the loss; batch_size={half} grad_accum={cfg.grad_accum * 2} keeps "
-                        f"the sentences per optimizer step but changes the loss (in-batch negatives come from one "
-                        f"micro-batch: {2 * half - 2} per row instead of {2 * cfg.batch_size - 2}), so the result is "
-                        "not the same recipe") from None
-                for name, value in {"loss": loss, **terms}.items():
-                    sums[name] = sums.get(name, 0) + value.detach().float() / cfg.grad_accum
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
+            for name, value in self.train_step(batches).items():
+                sums[name] = sums.get(name, 0) + value
             self.step += 1
             n_logged += 1
             bar.update(1)
@@ -486,8 +455,8 @@ class Trainer:
 
         result = TrainResult(self.stage, self.out_dir, self.out_dir / "best", self.best_step, self.best_dev,
                              self.step, self.elapsed())
-        _write_json(self.out_dir / "result.json", {
-            "stage": self.stage, "tower": self.tower, "best_step": self.best_step, "best_stsb_dev": self.best_dev,
+        write_json(self.out_dir / "result.json", {
+            "stage": self.stage, "best_step": self.best_step, "best_stsb_dev": self.best_dev,
             "steps": self.step, "total_steps": self.total_steps, "wall_seconds": round(result.wall_seconds, 1),
             "train_sentences": len(self.sentences), "truncated_sentences": self.n_truncated,
             "config": cfg.to_dict(), **provenance(self.device),

@@ -37,7 +37,8 @@ def write_senteval(root: Path, pairs_per_subset: int = 4) -> Path:
     sick.mkdir(parents=True)
     header = "pair_ID\tsentence_A\tsentence_B\trelatedness_score\tentailment_judgment"
     for name in ("SICK_train.txt", "SICK_trial.txt", "SICK_test_annotated.txt"):
-        rows = [f"{i}\tA kid {i} plays\tA child {i} is playing\t{1 + i % 4}.5\tNEUTRAL" for i in range(pairs_per_subset + 3)]
+        rows = [f"{i}\tA kid {i} plays\tA child {i} is playing\t{1 + i % 4}.5\tNEUTRAL"
+                for i in range(pairs_per_subset + 3)]
         (sick / name).write_text("\n".join([header, *rows]) + "\n", encoding="utf8")
     wiki = root / "wiki"
     wiki.mkdir()

@@ -282,3 +282,17 @@ def test_dropout_pair_geometry_without_dropout_or_pooler():
     np.testing.assert_allclose(g["l_tn"], 0.0, atol=1e-6)
     with pytest.raises(ValueError, match="no sentences"):
         dropout_pair_geometry(model, WordTokenizer(), [])
+
+
+def test_layer_table_rows_follow_the_hidden_state_layers():
+    import numpy as np
+
+    from jtcse_lib.analysis import AttentionSinkReport
+
+    cls, sep = np.array([[0.1, 0.3], [0.2, 0.4]]), np.array([[0.5, 0.1], [0.2, 0.2]])  # (layers=2, heads=2)
+    report = AttentionSinkReport(cls, sep, 1 - cls - sep, e_cls=np.array([1.0, 1.1, 1.2]), cls_norms=np.ones(4),
+                                 n_sentences=4, n_query_tokens=40)
+    table = report.layer_table()
+    assert list(table["layer"]) == [0, 1, 2] and np.isnan(table.loc[0, "cls_mass"])
+    assert table.loc[1, "cls_mass"] == pytest.approx(0.2) and table.loc[2, "sep_mass_max_head"] == pytest.approx(0.2)
+    assert table.loc[2, "uniform_mass"] == pytest.approx(0.1) and list(table["e_cls"]) == [1.0, 1.1, 1.2]

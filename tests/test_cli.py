@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+
 from jtcse_lib.__main__ import main
 
 

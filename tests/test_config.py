@@ -58,3 +58,27 @@ def test_hash_is_stable_and_sensitive():
     assert config_hash(a) == config_hash(b)
     assert config_hash(a) != config_hash(with_overrides(a, {"seed": 1}))
     assert config_hash(a, ["backbone"]) == config_hash(with_overrides(a, {"seed": 1}), ["backbone"])
+
+
+def test_every_config_key_is_keyed_by_the_stages_that_read_it_or_listed_as_unkeyed():
+    from dataclasses import fields
+
+    from jtcse_lib import runs
+    from jtcse_lib.config import RunConfig
+
+    keyed = set(runs._COMMON).union(*runs._OWN.values())
+    names = {f.name for f in fields(RunConfig)}
+    assert not keyed & set(runs.UNKEYED), "a key cannot be both keyed and unkeyed"
+    assert names == keyed | set(runs.UNKEYED), f"decide about: {sorted(names - keyed - set(runs.UNKEYED))}"
+    assert all(runs.UNKEYED.values())  # each says why
+
+
+def test_coercion_follows_the_type_hints():
+    cfg = load_profile("smoke", ["lr_joint=2e-5", "dropout=0", "max_steps=5.0", "cross_attention_layers=[1,3]",
+                                 "ablations=[reference,tncse]", "backbone=1e-5", "corpus_limit=null"])
+    assert cfg.lr_joint == 2e-5 and isinstance(cfg.lr_joint, float)  # YAML 1.1 reads 2e-5 as a string
+    assert cfg.dropout == 0.0 and isinstance(cfg.dropout, float)
+    assert cfg.max_steps == 5 and isinstance(cfg.max_steps, int)
+    assert cfg.cross_attention_layers == [1, 3] and cfg.ablations == ["reference", "tncse"]
+    assert cfg.backbone == "1e-5"  # a plain string field is never parsed
+    assert cfg.corpus_limit is None

@@ -13,7 +13,7 @@ def test_resolution_order(tiny_data, tmp_path, monkeypatch):
     assert data.resolve_data_dir() == other.resolve()  # then the environment variable
     monkeypatch.delenv(data.DATA_ENV)
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "data" / "senteval").mkdir(parents=True, exist_ok=True)  # a ./data folder does not count: no working-directory magic
+    (tmp_path / "data" / "senteval").mkdir(parents=True, exist_ok=True)  # ./data does not count: no cwd magic
     assert data.resolve_data_dir() == data.shipped_data_dir()  # then the shipped data
 
 

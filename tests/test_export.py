@@ -267,15 +267,15 @@ def test_export_twin_and_load_twin_equal_sum_encoder(raw_twin, tmp_path):
         assert pooling["pooling_mode_cls_token"] is True
         np.testing.assert_allclose(st_encode(out / name, SENTENCES), cls(model, tok, SENTENCES), atol=1e-5, rtol=0)
 
-    exported = ex.load_twin(out, device="cpu")
-    assert isinstance(exported, ex.TwinModel)
-    got = exported.encode(SENTENCES, batch_size=2)
+    exported = ev.load_twin(out, device="cpu", batch_size=2)
+    assert isinstance(exported, ev.SumEncoder)
+    got = exported.encode(SENTENCES)
     assert got.shape == (len(SENTENCES), 32) and got.dtype == np.float32
     np.testing.assert_allclose(got, reference, atol=1e-5, rtol=0)
     np.testing.assert_allclose(exported.encode(SENTENCES[0]), reference[0], atol=1e-5, rtol=0)
     assert exported.encode([]).shape == (0, 32)
 
-    raw = ex.load_twin(raw_twin, device="cpu").encode(SENTENCES)  # the training folder loads as well
+    raw = ev.load_twin(raw_twin, device="cpu").encode(SENTENCES)  # the training folder loads as well
     np.testing.assert_allclose(raw, reference, atol=1e-6, rtol=0)
 
 
@@ -284,9 +284,9 @@ def test_raw_twin_with_one_tokenizer_at_the_root(tmp_path, minilm_tokenizer):
     make_tiny(root / "tower_a", minilm_tokenizer, seed=3, with_tokenizer=False)
     make_tiny(root / "tower_b", minilm_tokenizer, seed=4, with_tokenizer=False)
     with pytest.raises(ModelError, match="no tokenizer files"):
-        ex.load_twin(root, device="cpu")
+        ev.load_twin(root, device="cpu")
     minilm_tokenizer.save_pretrained(root)
-    twin = ex.load_twin(root, device="cpu")
+    twin = ev.load_twin(root, device="cpu")
     a = AutoModel.from_pretrained(root / "tower_a").eval()
     b = AutoModel.from_pretrained(root / "tower_b").eval()
     want = cls(a, minilm_tokenizer, SENTENCES) + cls(b, minilm_tokenizer, SENTENCES)
@@ -295,11 +295,11 @@ def test_raw_twin_with_one_tokenizer_at_the_root(tmp_path, minilm_tokenizer):
 
 def test_twin_errors(tmp_path, tiny, minilm_tokenizer):
     with pytest.raises(ModelError, match="does not exist"):
-        ex.load_twin(tmp_path / "nowhere")
+        ev.load_twin(tmp_path / "nowhere")
     half = tmp_path / "half"
     make_tiny(half / "tower_a", minilm_tokenizer, seed=5)
     with pytest.raises(ModelError, match=r"half is not a twin: it has no tower_b/config.json.*Fix: pass a twin folder"):
-        ex.load_twin(half)
+        ev.load_twin(half)
     with pytest.raises(ModelError, match="not a twin: it has no tower_a/config.json and no tower_b/config.json"):
         ex.export_twin(tiny, tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -308,16 +308,15 @@ def test_twin_errors(tmp_path, tiny, minilm_tokenizer):
     make_tiny(bad / "tower_b", minilm_tokenizer, seed=6)
     (bad / "twin.json").write_text(json.dumps({"format": "jtcse-twin", "combine": "concat"}))
     with pytest.raises(ModelError, match="cannot load"):
-        ex.load_twin(bad)
+        ev.load_twin(bad)
 
 
-def test_package_level_load_twin_is_the_export_loader(tmp_path):
+def test_package_level_load_twin_is_the_evaluation_loader(tmp_path):
     import inspect
 
     import jtcse_lib
-    from jtcse_lib import export
 
     assert "path" in inspect.signature(jtcse_lib.load_twin).parameters
-    with pytest.raises(ModelError):
-        jtcse_lib.load_twin(tmp_path)  # no towers: the export loader's clear error
-    assert export.load_twin.__doc__
+    with pytest.raises(ModelError, match="is not a twin"):
+        jtcse_lib.load_twin(tmp_path)  # no towers: the loader's clear error
+    assert ev.load_twin.__doc__

@@ -246,6 +246,16 @@ def test_nt_xent_shape_errors():
 # ==============================================================================================
 # cross_nt_xent
 # ==============================================================================================
+def test_nt_xent_is_sentence_transformers_mnrl_with_same_view_negatives_both_ways():
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    g = torch.Generator().manual_seed(3)
+    v1, v2 = torch.randn(7, 16, generator=g, dtype=F64), torch.randn(7, 16, generator=g, dtype=F64)
+    mnrl = MultipleNegativesRankingLoss(None, scale=1 / TAU, directions=("query_to_doc", "query_to_query"))
+    both = (mnrl.compute_loss_from_embeddings([v1, v2], None) + mnrl.compute_loss_from_embeddings([v2, v1], None)) / 2
+    torch.testing.assert_close(nt_xent(v1, v2, TAU), both, **TOL)
+
+
 @pytest.mark.parametrize("b,h", [(1, 5), (2, 5), (7, 6), (256, 24)])
 def test_cross_nt_xent_matches_loop_reference(b, h):
     torch.manual_seed(0)
@@ -482,7 +492,7 @@ def test_losses_run_on_meta_tensors_so_nothing_reads_values_on_the_host():
     ):
         assert loss.device.type == "meta" and loss.shape == ()
         loss.backward()
-    with pytest.raises(Exception):  # the check can fail: the official-style loop cannot run on meta
+    with pytest.raises(Exception):  # noqa: B017 -- the check can fail: the official-style loop cannot run on meta
         ref_official_ltn(*(torch.empty(2, 3, device="meta") for _ in range(8)))
 
 
@@ -560,3 +570,58 @@ def test_distillation_kl_needs_two_rows():
 def test_module_exports():
     assert set(losses.TENSOR_MODULUS_VARIANTS) == {"official", "paper"}
     assert losses.OFFICIAL_TEMPERATURE == 0.05
+
+
+# ==============================================================================================
+# the objectives: each stage's total loss, against the terms composed by hand
+# ==============================================================================================
+def _rows(seed, n=10, h=6):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, h, generator=g, dtype=F64)  # (2B, H), rows [view1; view2]
+
+
+def test_simcse_objective_is_nt_xent_of_the_two_halves():
+    cls = _rows(0)
+    loss, terms = losses.simcse_objective(cls, TAU)
+    torch.testing.assert_close(loss, nt_xent(cls[:5], cls[5:], TAU), **TOL)
+    assert list(terms) == ["nce"]
+
+
+@pytest.mark.parametrize("b_to_a", [False, True])
+def test_twin_objective_is_the_weighted_sum_of_its_terms(b_to_a):
+    a, b, pa, pb, ca, cb = (_rows(i) for i in range(6))
+    w = losses.TwinWeights(nce=0.5, cross_cls=2.0, cross_attention=3.0, modulus=0.25)
+    loss, terms = losses.twin_objective(a, b, pa, pb, ca, cb, weights=w, temperature=TAU, b_to_a=b_to_a)
+    (x, y), (cx, cy) = ((b, a), (cb, ca)) if b_to_a else ((a, b), (ca, cb))  # (anchors, candidates)
+    want = {
+        "nce_a": nt_xent(a[:5], a[5:], TAU), "nce_b": nt_xent(b[:5], b[5:], TAU),
+        "cross_cls": cross_nt_xent(x[:5], x[5:], y[:5], y[5:], TAU),
+        "cross_attention": cross_nt_xent(cx[:5], cx[5:], cy[:5], cy[5:], TAU),
+        "modulus": (tensor_modulus_loss(a[:5], b[5:], pa[:5], pb[5:])
+                    + tensor_modulus_loss(b[:5], a[5:], pb[:5], pa[5:])),
+    }
+    assert list(terms) == list(want)
+    for name in want:
+        torch.testing.assert_close(terms[name], want[name], **TOL)
+    total = (0.5 * (want["nce_a"] + want["nce_b"]) + 2.0 * want["cross_cls"] + 3.0 * want["cross_attention"]
+             + 0.25 * want["modulus"])
+    torch.testing.assert_close(loss, total, **TOL)
+
+
+def test_twin_objective_drops_switched_off_terms_and_refuses_all_off():
+    a, b, pa, pb = (_rows(i) for i in range(4))
+    _, terms = losses.twin_objective(a, b, pa, pb, weights=losses.TwinWeights(cross_cls=0.0), temperature=TAU)
+    assert set(terms) == {"nce_a", "nce_b", "modulus"}  # no branch given, cross_cls weight 0
+    _, paper = losses.twin_objective(a, b, modulus_variant="paper", temperature=TAU)  # the paper's form needs no pooler
+    torch.testing.assert_close(paper["modulus"], modulus_gap(a[:5], b[5:]).mean() + modulus_gap(b[:5], a[5:]).mean(),
+                               **TOL)
+    with pytest.raises(ValueError, match="every term"):
+        losses.twin_objective(a, b, weights=losses.TwinWeights(0.0, 0.0, 0.0, 0.0))
+
+
+def test_distill_objective_with_alpha_zero_is_simcse():
+    cls, teacher = _rows(0), _rows(1, n=5, h=9)
+    torch.testing.assert_close(losses.distill_objective(cls, None, alpha=0.0, temperature=TAU)[0],
+                               losses.simcse_objective(cls, TAU)[0], **TOL)
+    loss, terms = losses.distill_objective(cls, teacher, alpha=0.7, temperature=TAU)
+    torch.testing.assert_close(loss, terms["nce"] + 0.7 * distillation_kl(cls[:5], teacher), **TOL)

@@ -21,7 +21,8 @@ def test_write_table_keeps_small_values_and_records_provenance(tmp_path, monkeyp
 
 def test_format_mean_sd_omits_sd_for_one_seed():
     rows = [{"model": "a", "seed": 1, **{c: 80.0 for c in COLUMNS}},
-            {"model": "b", "seed": 1, **{c: 70.0 for c in COLUMNS}}, {"model": "b", "seed": 2, **{c: 72.0 for c in COLUMNS}}]
+            {"model": "b", "seed": 1, **{c: 70.0 for c in COLUMNS}},
+            {"model": "b", "seed": 2, **{c: 72.0 for c in COLUMNS}}]
     out = format_mean_sd(pd.DataFrame(rows))
     assert out.loc["a", "Avg."] == "80.00" and out.loc["b", "Avg."] == "71.00 ± 1.41"
     assert list(out["seeds"]) == [1, 2]

@@ -35,7 +35,7 @@ def test_cross_attention_count_must_divide_the_depth(cfg, tmp_path, real_data):
 
 
 def test_long_sentences_are_truncated_and_counted(cfg, tmp_path, real_data):
-    Trainer(cfg.replace(max_steps=1, eval_every=1), "simcse", tmp_path, data_dir=real_data, progress=False).run()
+    Trainer(cfg.replace(max_steps=1, eval_every=1), "simcse_a", tmp_path, data_dir=real_data, progress=False).run()
     summary = json.loads((tmp_path / "result.json").read_text())
     assert 0 < summary["truncated_sentences"] < summary["train_sentences"] == 64
 
@@ -44,10 +44,10 @@ def test_cuda_out_of_memory_suggests_a_smaller_batch(cfg, tmp_path, real_data, m
     def oom(self, batch):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(Trainer, "_loss", oom)
+    monkeypatch.setattr(Trainer, "loss", oom)
     with pytest.raises(JtcseError, match=r"ran out of memory at batch_size=8.*smaller max_length keeps the loss; "
                                          r"batch_size=4 grad_accum=2 .*changes the loss .*6 per row instead of 14"):
-        Trainer(cfg, "simcse", tmp_path, data_dir=real_data, progress=False).run()
+        Trainer(cfg, "simcse_a", tmp_path, data_dir=real_data, progress=False).run()
 
 
 def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(cfg, tmp_path, real_data, monkeypatch):
@@ -64,20 +64,20 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(cfg, tmp_pa
 
     monkeypatch.setattr(safetensors.torch, "save_file", disk_full_on_second)
     with pytest.raises(JtcseError, match=r"could not write the checkpoint of step 4 .*No space left.*is intact"):
-        Trainer(cfg, "simcse", tmp_path, data_dir=real_data, progress=False).run()
+        Trainer(cfg, "simcse_a", tmp_path, data_dir=real_data, progress=False).run()
     state = torch.load(tmp_path / "checkpoint" / "trainer_state.pt", weights_only=True)
     assert state["step"] == 2 and not (tmp_path / "checkpoint.tmp").exists()
     assert load_file(str(tmp_path / "checkpoint" / "model.safetensors"))
     # once space is back, the same command resumes from step 2 and finishes
     monkeypatch.setattr(safetensors.torch, "save_file", real_save)
-    result = Trainer(cfg, "simcse", tmp_path, data_dir=real_data, progress=False).run()
+    result = Trainer(cfg, "simcse_a", tmp_path, data_dir=real_data, progress=False).run()
     assert result.steps == 4
 
 
 def test_unknown_profile_on_the_command_line(capsys):
     from jtcse_lib.__main__ import main
 
-    assert main(["train", "--stage", "simcse", "--profile", "laptop", "--out", "/tmp/never"]) == 2
+    assert main(["train", "--stage", "simcse_a", "--profile", "laptop", "--out", "/tmp/never"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown profile 'laptop'" in err[0] and "Fix:" in err[0]
 

@@ -39,15 +39,14 @@ def test_keys_follow_the_data_content_not_its_folder(cfg, tiny_data, tmp_path):
     moved = shutil.copytree(tiny_data, tmp_path / "moved")
     for stage in ("simcse_a", "jtcse", "distill"):
         assert runs.stage_key(cfg, stage, tiny_data) == runs.stage_key(cfg, stage, moved)
-    corpus = cfg.replace(corpus="wiki1m_subset")
-    before = runs.stage_key(corpus, "jtcse", moved)
+    before = runs.stage_key(cfg, "jtcse", moved)
     (moved / "wiki" / "wiki1m_subset.txt").write_text("An edited corpus.\nWith other sentences.\n")
-    assert runs.stage_key(corpus, "jtcse", moved) != before  # a new corpus trains new models
-    assert runs.stage_key(corpus, "simcse_a", moved) != runs.stage_key(corpus, "simcse_a", tiny_data)
+    assert runs.stage_key(cfg, "jtcse", moved) != before  # a new corpus trains new models
+    assert runs.stage_key(cfg, "simcse_a", moved) != runs.stage_key(cfg, "simcse_a", tiny_data)
 
 
-def test_model_path_trains_once_and_marks_complete(cfg, real_data, monkeypatch):
-    path = runs.model_path(cfg, "tncse", data_dir=real_data, progress=False)
+def test_trained_model_trains_once_and_marks_complete(cfg, real_data, monkeypatch):
+    path = runs.trained_model(cfg, "tncse", data_dir=real_data, progress=False)
     assert is_twin_dir(path) and runs.is_complete(cfg, "tncse")
     assert runs.is_complete(cfg, "simcse_a") and runs.is_complete(cfg, "simcse_b")
     assert [r["step"] for r in runs.metrics(cfg, "tncse") if "loss" in r] == [1, 2]
@@ -58,14 +57,14 @@ def test_model_path_trains_once_and_marks_complete(cfg, real_data, monkeypatch):
         raise AssertionError("a complete run was trained again")
 
     monkeypatch.setattr(train.Trainer, "run", fail)
-    assert runs.model_path(cfg, "tncse", data_dir=real_data) == path
+    assert runs.trained_model(cfg, "tncse", data_dir=real_data) == path
 
 
 def test_half_written_run_is_not_complete(cfg, real_data):
     out = runs.run_dir(cfg, "simcse_a")
     (out / "best").mkdir(parents=True)  # a best model from a run that was killed before it finished
     assert not runs.is_complete(cfg, "simcse_a")
-    path = runs.model_path(cfg, "simcse_a", data_dir=real_data, progress=False)
+    path = runs.trained_model(cfg, "simcse_a", data_dir=real_data, progress=False)
     assert (path / "model.safetensors").is_file() and runs.is_complete(cfg, "simcse_a")
 
 

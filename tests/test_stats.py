@@ -5,8 +5,15 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
-from jtcse_lib.stats import (BOOT_COLUMNS, TABLE_COLUMNS, comparison_table, describe_difference,
-                             paired_bootstrap, seed_comparison, verdict)
+from jtcse_lib.stats import (
+    BOOT_COLUMNS,
+    TABLE_COLUMNS,
+    comparison_table,
+    describe_difference,
+    paired_bootstrap,
+    seed_comparison,
+    verdict,
+)
 
 
 def make_tasks(sizes, noise_a=1.0, noise_b=0.5, seed=0, ties=True):

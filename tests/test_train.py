@@ -28,7 +28,7 @@ def run(cfg, stage, out, **kw):
 
 
 @pytest.mark.parametrize("stage, terms", [
-    ("simcse", {"nce"}),
+    ("simcse_a", {"nce"}),
     ("tncse", {"nce_a", "nce_b", "cross_cls", "modulus"}),
     ("jtcse", {"nce_a", "nce_b", "cross_cls", "cross_attention", "modulus"}),
 ])
@@ -46,7 +46,7 @@ def test_stage_runs_logs_terms_and_saves_best(cfg, stage, terms, tmp_path, real_
     assert result.best_dev == max(r["stsb_dev"] for r in dev if r["step"] > 0)  # but only trained steps compete
     assert result.best_step in (3, 6) and not dev[0]["improved"]
     best = tmp_path / stage / "best"
-    assert (best / "config.json").is_file() if stage == "simcse" else (best / "tower_b" / "tokenizer.json").is_file()
+    assert (best / "config.json").is_file() if stage == "simcse_a" else (best / "tower_b" / "tokenizer.json").is_file()
     summary = json.loads((tmp_path / stage / "result.json").read_text())
     assert summary["steps"] == 6 and summary["best_stsb_dev"] == pytest.approx(result.best_dev)
     assert {"git_commit", "device", "versions", "config"} <= set(summary)
@@ -94,9 +94,9 @@ def test_resume_gives_the_uninterrupted_run(cfg, tmp_path, real_data, monkeypatc
 
 def test_same_seed_same_losses_other_seed_differs(cfg, tmp_path, real_data):
     cfg = cfg.replace(max_steps=3, eval_every=3)
-    run(cfg, "simcse", tmp_path / "a", data_dir=real_data)
-    run(cfg, "simcse", tmp_path / "b", data_dir=real_data)
-    run(cfg, "simcse", tmp_path / "c", data_dir=real_data, tower="b")  # seed + seed_b_offset
+    run(cfg, "simcse_a", tmp_path / "a", data_dir=real_data)
+    run(cfg, "simcse_a", tmp_path / "b", data_dir=real_data)
+    run(cfg, "simcse_b", tmp_path / "c", data_dir=real_data)  # seed + seed_b_offset
 
     def losses(p):
         return [r["loss"] for r in metrics(p) if "loss" in r]
@@ -106,17 +106,17 @@ def test_same_seed_same_losses_other_seed_differs(cfg, tmp_path, real_data):
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(cfg, tmp_path, real_data, monkeypatch):
-    real_nt_xent = train_mod.nt_xent
+    real_objective = train_mod.simcse_objective
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
         calls["n"] += 1
-        value = real_nt_xent(*args, **kwargs)
-        return value * float("nan") if calls["n"] > 3 else value
+        loss, terms = real_objective(*args, **kwargs)
+        return (loss * float("nan"), terms) if calls["n"] > 3 else (loss, terms)
 
-    monkeypatch.setattr(train_mod, "nt_xent", poisoned)
+    monkeypatch.setattr(train_mod, "simcse_objective", poisoned)
     with pytest.raises(TrainingDiverged, match=r"not finite at step 4 .*last good checkpoint"):
-        run(cfg, "simcse", tmp_path / "nan", data_dir=real_data)
+        run(cfg, "simcse_a", tmp_path / "nan", data_dir=real_data)
     state = torch.load(tmp_path / "nan" / "checkpoint" / "trainer_state.pt", weights_only=True)
     assert state["step"] == 2
     weights = load_file(str(tmp_path / "nan" / "checkpoint" / "model.safetensors"))
@@ -125,7 +125,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(cfg, tmp_path, r
 
 def test_batch_larger_than_corpus(cfg, tmp_path, real_data):
     with pytest.raises(ConfigError, match=r"batch_size=100 is larger than the corpus \(64 sentences\)"):
-        run(cfg.replace(batch_size=100), "simcse", tmp_path / "x", data_dir=real_data)
+        run(cfg.replace(batch_size=100), "simcse_a", tmp_path / "x", data_dir=real_data)
 
 
 def test_distill_needs_a_twin_teacher(cfg, tmp_path, real_data):
@@ -146,4 +146,4 @@ def test_distill_from_a_twin(cfg, tmp_path, real_data):
 
 def test_cpu_rejects_mixed_precision(cfg, tmp_path):
     with pytest.raises(ConfigError, match="for CUDA only"):
-        Trainer(cfg.replace(precision="bf16"), "simcse", tmp_path, device="cpu")
+        Trainer(cfg.replace(precision="bf16"), "simcse_a", tmp_path, device="cpu")

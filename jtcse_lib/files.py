@@ -1,0 +1,69 @@
+"""Reading and writing the small files of runs and results, through one door.
+
+Writes are atomic (a temporary file beside the target, then a rename), so a kill or a full disk never leaves
+half a file where a whole one was. Reads turn a missing, empty, binary, non-UTF-8 or truncated file into one
+`JtcseError` that names the file and the fix, instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .errors import JtcseError
+
+
+class FileProblem(JtcseError):
+    """A file the library needs cannot be read or written."""
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` atomically (temporary file + rename); creates the parent folder."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf8")
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        kind = "is a folder" if path.is_dir() else (e.strerror or str(e))
+        raise FileProblem(f"cannot write {path} ({kind})", "choose a writable path (check permissions, free "
+                          "disk space, that it is not a folder)") from None
+    return path
+
+
+def write_json(path: str | os.PathLike, obj) -> Path:
+    """`obj` as indented JSON, written atomically."""
+    return write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def read_text(path: str | os.PathLike, what: str = "file", fix: str = "restore or recreate it") -> str:
+    """The UTF-8 text of `path`, or a FileProblem naming it (missing, a folder, unreadable, binary, not UTF-8)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileProblem(f"{what} {path} does not exist", fix)
+    if not path.is_file():
+        raise FileProblem(f"{what} {path} exists but is not a file", fix)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise FileProblem(f"cannot read {what} {path} ({e.strerror or e})", fix) from None
+    if b"\x00" in data:
+        raise FileProblem(f"{what} {path} is binary, not text", fix)
+    try:
+        return data.decode("utf8")
+    except UnicodeDecodeError as e:
+        raise FileProblem(f"{what} {path} is not UTF-8 text (byte {e.start})", fix) from None
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file", fix: str = "restore or recreate it"):
+    """The parsed JSON of `path`, or a FileProblem (also for empty or truncated JSON)."""
+    text = read_text(path, what, fix)
+    if not text.strip():
+        raise FileProblem(f"{what} {path} is empty", fix)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise FileProblem(f"{what} {path} is not valid JSON (line {e.lineno}: {e.msg})", fix) from None
