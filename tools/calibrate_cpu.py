@@ -49,7 +49,7 @@ def main() -> int:
     def train(cfg, stage: str, lr: float) -> None:
         """Train `stage` under `cfg` (or reuse it), add its row and rewrite the table."""
         started = time.perf_counter()
-        runs.model_path(cfg, stage)
+        runs.trained_model(cfg, stage)
         rows.append(record(cfg, stage, lr, started))
         table = pd.DataFrame(rows)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
