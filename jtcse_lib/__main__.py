@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,11 +36,13 @@ def _model_args(args) -> None:
 def cmd_evaluate(args) -> int:
     import torch
 
-    from .data import STS_TASKS
+    from .data import STS_TASKS, resolve_data_dir
     from .evaluate import default_device, evaluate_sts, sentence_encoder
     from .files import write_json
     from .provenance import provenance
 
+    _check_out_file(args.out)
+    resolve_data_dir(args.data_dir)  # a missing data folder fails before the model is loaded
     twin = _twin_dir(args.model)
     device = default_device()
     encoder = sentence_encoder(args.model, args.pooling, args.batch_size, args.max_length, device=device)
@@ -81,7 +84,7 @@ def cmd_train(args) -> int:
                               else "pass --init DIR, e.g. a simcse run")
         init = tuple(args.init) if twin else args.init[0]
     trainer = Trainer(config, args.stage, args.out, init=init, teacher=args.teacher, data_dir=args.data_dir,
-                      device=args.device)
+                      device=args.device, restart=args.restart)
     result = trainer.run()
     print(f"{args.stage}: best STS-B dev {result.best_dev:.2f} at step {result.best_step} of {result.steps}; "
           f"best model in {result.best_dir} ({result.wall_seconds:.0f} s)")
@@ -148,6 +151,37 @@ def cmd_download_data(args) -> int:
     return 0
 
 
+def _int_at_least(low: int):
+    """An argparse type: an integer >= low (argparse turns the ValueError into a one-line usage error, exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {low} or more, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def _check_out_file(path: str | None) -> None:
+    """--out of a command that writes one file: refuse a folder or an unwritable place before any work."""
+    if path is None:
+        return
+    from .errors import ConfigError
+
+    out = Path(path).expanduser()
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder", "pass the path of a JSON file to write, e.g. results.json")
+    parent = out.parent if str(out.parent) else Path(".")
+    ancestor = next((p for p in [parent, *parent.parents] if p.exists()), Path("."))
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out} cannot be written ({ancestor} is not a writable folder)",
+                          "choose a path in a writable folder")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import STAGES
     from .data import STS_TASKS
@@ -163,9 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--pooling", choices=POOLINGS, default="cls")
     ev.add_argument("--tasks", nargs="+", choices=STS_TASKS, metavar="TASK",
                     help=f"subset of {' '.join(STS_TASKS)} (default: all seven)")
-    ev.add_argument("--batch-size", type=int, default=128)
-    ev.add_argument("--max-length", type=int, default=None, help="truncate sentences (default: the model's limit)")
-    ev.add_argument("--bootstrap", type=int, default=0, help="resamples for 95%% intervals (0: none)")
+    ev.add_argument("--batch-size", type=_int_at_least(1), default=128)
+    ev.add_argument("--max-length", type=_int_at_least(2), default=None,
+                    help="truncate sentences (default: the model's limit)")
+    ev.add_argument("--bootstrap", type=_int_at_least(0), default=0, help="resamples for 95%% intervals (0: none)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     ev.add_argument("--data-dir", default=None, help="data folder (default: $JTCSE_DATA_DIR, else the shipped data)")
     ev.add_argument("--out", default=None, help="write the result JSON here")
@@ -181,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--teacher", default=None, help="distill: a trained twin folder (tower_a/, tower_b/)")
     tr.add_argument("--data-dir", default=None)
     tr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    tr.add_argument("--restart", action="store_true",
+                    help="move an existing run in --out aside (to OUT.old-<time>) and train from step 0")
     tr.set_defaults(func=cmd_train)
 
     ex = sub.add_parser("export", help="export a trained tower or twin for transformers / sentence-transformers")
@@ -188,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=("hf", "sentence-transformers"), default="sentence-transformers")
     ex.add_argument("--out", required=True)
     ex.add_argument("--pooling", choices=("cls", "mean"), default="cls", help="sentence-transformers pooling")
-    ex.add_argument("--max-seq-length", type=int, default=None,
+    ex.add_argument("--max-seq-length", type=_int_at_least(2), default=None,
                     help="sentence-transformers truncation (default: the tokenizer's limit, as our evaluation)")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
     ex.set_defaults(func=cmd_export)
@@ -217,6 +254,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the file system refused (permissions, full disk, a path of the wrong kind)
+        if args.debug:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}. Fix: check that path, its permissions and the free disk space",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

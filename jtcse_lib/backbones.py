@@ -60,8 +60,9 @@ def resolve(name: str | os.PathLike) -> BackboneRef:
         if not path.is_dir():
             raise ModelError(f"model path {path} is a file, not a folder", _NAME_FIX)
         if not (path / "config.json").is_file():
-            twin = (path / "tower_a").is_dir()
-            hint = " (it holds tower_a/ and tower_b/: pick one, or load it as a twin)" if twin else ""
+            towers = [t for t in TOWERS if (path / t).is_dir()]
+            hint = (" (it holds tower_a/ and tower_b/: pick one, or load it as a twin)" if len(towers) == 2 else
+                    f" (it holds only {towers[0]}/: an incomplete twin)" if towers else "")
             raise ModelError(f"folder {path} is not a Hugging Face model: it has no config.json{hint}", _NAME_FIX)
         return BackboneRef(name, str(path.resolve()), "folder")
     if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a Hub id is `name` or `owner/name`
@@ -70,12 +71,16 @@ def resolve(name: str | os.PathLike) -> BackboneRef:
 
 
 def _load(ref: BackboneRef, loader, what: str, **kwargs):
+    from safetensors import SafetensorError
+
     try:
         return loader(ref.source, trust_remote_code=False, **kwargs)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:  # missing, truncated, corrupt files
+        first = str(e).strip().splitlines()[0].rstrip(".")[:200] if str(e).strip() else type(e).__name__
         where = "the Hub (no connection, or no such model)" if ref.kind == "hub" else ref.source
-        raise ModelError(f"cannot load the {what} of {ref.name!r} from {where}: {first}", _NAME_FIX) from None
+        fix = (_NAME_FIX if ref.kind == "hub" else "the folder's files are incomplete or damaged: re-save, re-train "
+               "or re-export it (it needs config.json, the weights and the tokenizer files)")
+        raise ModelError(f"cannot load the {what} of {ref.name!r} from {where}: {first}", fix) from None
 
 
 def has_tokenizer(folder: str | os.PathLike) -> bool:

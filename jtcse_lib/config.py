@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -96,6 +97,9 @@ class RunConfig:
                     "log_every", "eval_batch_size"):
             need(isinstance(getattr(self, key), int) and getattr(self, key) >= 1, key,
                  f"must be a positive integer, got {getattr(self, key)!r}", f"set {key}=1 or more")
+        # one sentence per batch leaves an in-batch contrastive loss no negative: it is exactly 0 and nothing trains
+        need(self.batch_size >= 2, "batch_size", "must be 2 or more (with 1 sentence the contrastive loss has no "
+             "negative, is exactly 0, and the model never changes)", "set batch_size=32, say")
         need(self.max_steps is None or (isinstance(self.max_steps, int) and self.max_steps >= 1), "max_steps",
              f"must be a positive integer or null, got {self.max_steps!r}", "set max_steps=100, or null for epochs")
         for key in ("dev_pairs", "test_pairs"):
@@ -106,12 +110,12 @@ class RunConfig:
              "corpus_limit", f"must be 2 or more, or null, got {self.corpus_limit!r}", "set corpus_limit=null")
         for key in ("lr_simcse_a", "lr_simcse_b", "lr_joint", "lr_distill", "temperature",
                     "distill_temperature_student", "distill_temperature_teacher"):
-            need(_number(getattr(self, key)) and getattr(self, key) > 0, key,
-                 f"must be a positive number, got {getattr(self, key)!r}", f"set {key} to e.g. 1e-5")
+            need(_finite(getattr(self, key)) and getattr(self, key) > 0, key,
+                 f"must be a positive finite number, got {getattr(self, key)!r}", f"set {key} to e.g. 1e-5")
         for key in ("w_nce", "w_cross_cls", "w_cross_attention", "w_modulus", "distill_alpha", "weight_decay",
                     "warmup_ratio"):
-            need(_number(getattr(self, key)) and getattr(self, key) >= 0, key,
-                 f"must be a number >= 0, got {getattr(self, key)!r}", f"set {key}=0 to switch it off")
+            need(_finite(getattr(self, key)) and getattr(self, key) >= 0, key,
+                 f"must be a finite number >= 0, got {getattr(self, key)!r}", f"set {key}=0 to switch it off")
         need(self.warmup_ratio < 1, "warmup_ratio", "must be below 1", "set warmup_ratio=0.1, say")
         need(self.dropout is None or (_number(self.dropout) and 0 <= self.dropout < 1), "dropout",
              f"must be in [0, 1) or null, got {self.dropout!r}", "set dropout=0.1")
@@ -153,6 +157,10 @@ class RunConfig:
 
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _finite(value) -> bool:
+    return _number(value) and math.isfinite(value)
 
 
 def _basic_types(hint) -> set[type]:
@@ -209,6 +217,43 @@ def with_overrides(config: RunConfig, overrides: dict[str, Any] | list[str] | No
     data = config.to_dict()
     data.update({k: _coerce(k, v) for k, v in overrides.items()})
     return RunConfig(**data)
+
+
+# ---------------------------------------------------------------- what each stage reads
+
+# The settings a stage's trained model depends on: the run-cache key (jtcse_lib.runs) and the identity a run
+# folder records (jtcse_lib.train) are made of them.
+COMMON_KEYS = ("backbone", "corpus", "corpus_limit", "max_length", "batch_size", "grad_accum", "epochs", "max_steps",
+               "dropout", "seed", "temperature", "weight_decay", "warmup_ratio", "scheduler", "precision",
+               "eval_every", "dev_pairs", "eval_max_length")
+STAGE_KEYS = {
+    "simcse_a": ("lr_simcse_a",),
+    "simcse_b": ("lr_simcse_b", "seed_b_offset"),
+    "tncse": ("lr_joint", "w_nce", "w_cross_cls", "w_modulus", "modulus_variant"),
+    "jtcse": ("lr_joint", "w_nce", "w_cross_cls", "w_modulus", "modulus_variant", "cross_attention_layers",
+              "w_cross_attention"),
+    "distill": ("lr_distill", "distill_init", "distill_alpha", "distill_temperature_student",
+                "distill_temperature_teacher"),
+}
+# Settings no stage's trained model depends on, and why (tests/test_config.py checks that every key is either
+# read by a stage above or listed here).
+UNKEYED = {
+    "profile": "names the folder runs/<profile>/ that holds the runs",
+    "seeds": "the list of seeds to run; each run is keyed by its own `seed`",
+    "ablations": "which variants notebook 06 runs; each variant is keyed by the settings it changes",
+    "test_pairs": "test-set scoring only, after training; cached scores are keyed by it in their file name",
+    "eval_batch_size": "encoding batch size: the same scores up to float rounding (padding is masked)",
+    "checkpoint_every": "when resumable checkpoints are written; a resumed run equals an uninterrupted one",
+    "log_every": "how often loss terms are averaged into metrics.jsonl; the weights do not change",
+}
+
+
+def stage_settings(config: RunConfig, stage: str) -> dict[str, Any]:
+    """The settings `stage` reads (not those of the stages it starts from), as a dict."""
+    if stage not in STAGE_KEYS:
+        raise ConfigError(f"unknown stage {stage!r}", f"use one of {', '.join(STAGES)}")
+    data = config.to_dict()
+    return {k: data[k] for k in (*COMMON_KEYS, *STAGE_KEYS[stage])}
 
 
 def available_profiles(params_dir: Path = PARAMS_DIR) -> list[str]:

@@ -21,17 +21,20 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import tarfile
 import tempfile
 import uuid
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import DataError
+from .files import read_text
 
 DATA_ENV = "JTCSE_DATA_DIR"
 CACHE_ENV = "JTCSE_CACHE_DIR"
@@ -189,25 +192,27 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     else:
         source, path = f"${DATA_ENV}", Path(os.environ[DATA_ENV])
     path = path.expanduser().resolve()
+    fix = (f"check the path: a data folder holds senteval/ and wiki/ as data/README.md describes (unset {DATA_ENV} "
+           "and pass no data folder to use the data the repository ships)")
     if not path.is_dir():
         kind = "is not a folder" if path.exists() else "does not exist"
-        raise DataError(f"data folder {path} (from {source}) {kind}", _FETCH_FIX)
+        raise DataError(f"data folder {path} (from {source}) {kind}", fix)
     if not (path / "senteval").is_dir():
-        raise DataError(f"data folder {path} (from {source}) has no senteval/ sub-folder", _FETCH_FIX)
-    return path
-
-
-def _require(path: Path) -> Path:
-    if not path.is_file():
-        raise DataError(f"data file {path} is missing", _FETCH_FIX)
+        raise DataError(f"data folder {path} (from {source}) has no senteval/ sub-folder", fix)
     return path
 
 
 def _read_lines(path: Path) -> list[str]:
-    try:
-        return _require(path).read_text(encoding="utf8").splitlines()
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text ({e})", "replace it with the SentEval original") from None
+    if not path.exists():
+        raise DataError(f"data file {path} is missing", _FETCH_FIX)
+    return read_text(path, "data file", "replace it with the SentEval original", DataError).splitlines()
+
+
+def _pairs(name: str, s1: list[str], s2: list[str], gold: list[float], path: Path) -> PairSet:
+    if not gold:
+        raise DataError(f"{path} holds no scored pair (empty, or every gold score blank)",
+                        "replace it with the SentEval original")
+    return PairSet(name, s1, s2, np.asarray(gold, dtype=np.float64))
 
 
 def _score(text: str, path: Path, lineno: int) -> float:
@@ -253,7 +258,7 @@ def load_sts_subset(year: str, subset: str, data_dir=None) -> PairSet:
         s1.append(_senteval_text(a))
         s2.append(_senteval_text(b))
         gold.append(_score(score.strip(), gs, lineno))
-    return PairSet(f"{year}.{subset}", s1, s2, np.asarray(gold, dtype=np.float64))
+    return _pairs(f"{year}.{subset}", s1, s2, gold, gs)
 
 
 def load_sts_year(year: str, data_dir=None) -> dict[str, PairSet]:
@@ -281,7 +286,7 @@ def load_stsb(split: str = "test", data_dir=None) -> PairSet:
         gold.append(_score(cols[4], path, lineno))
         s1.append(_senteval_text(cols[5]))
         s2.append(_senteval_text(cols[6]))
-    return PairSet(f"STSBenchmark.{split}", s1, s2, np.asarray(gold, dtype=np.float64))
+    return _pairs(f"STSBenchmark.{split}", s1, s2, gold, path)
 
 
 _SICK_FILES = {"train": "SICK_train.txt", "dev": "SICK_trial.txt", "test": "SICK_test_annotated.txt"}
@@ -304,7 +309,7 @@ def load_sick(split: str = "test", data_dir=None) -> PairSet:
         s1.append(_senteval_text(cols[1]))
         s2.append(_senteval_text(cols[2]))
         gold.append(_score(cols[3], path, lineno))
-    return PairSet(f"SICKRelatedness.{split}", s1, s2, np.asarray(gold, dtype=np.float64))
+    return _pairs(f"SICKRelatedness.{split}", s1, s2, gold, path)
 
 
 def sts_test_digest(data_dir=None) -> str:
@@ -332,54 +337,93 @@ def corpus_path(corpus: str, data_dir=None) -> Path:
     """A corpus name (`wiki1m_subset`, `wiki1m`) inside the data folder, or a path to a text file."""
     if corpus in CORPORA:
         path = resolve_data_dir(data_dir) / CORPORA[corpus]
+        fix = (_FETCH_FIX if corpus != "wiki1m" else
+               "the full corpus is not shipped: `python -m jtcse_lib download-data --dest DIR`, then set "
+               f"{DATA_ENV}=DIR")
     else:
         path = Path(corpus).expanduser()
+        fix = f"use one of {', '.join(CORPORA)} or the path of a UTF-8 text file with one sentence per line"
         if not path.suffix and not path.exists():
-            raise DataError(f"unknown corpus {corpus!r}",
-                            f"use one of {', '.join(CORPORA)} or the path of a text file with one sentence per line")
+            raise DataError(f"unknown corpus {corpus!r}", fix)
+    if not path.exists():
+        raise DataError(f"corpus file {path} does not exist", fix)
     if not path.is_file():
-        raise DataError(f"corpus file {path} is missing", _FETCH_FIX)
+        raise DataError(f"corpus path {path} exists but is not a file", fix)
     return path.resolve()
 
 
-def load_corpus(corpus: str, data_dir=None, cache_dir: str | os.PathLike | None = None, limit: int | None = None):
-    """The unlabelled corpus as a `datasets.Dataset` with one column `text`, blank lines skipped.
+def read_corpus(corpus: str, data_dir=None, limit: int | None = None) -> list[str]:
+    """The corpus's non-blank lines (`str.splitlines`, as the `text` loader of `datasets` splits them), the first
+    `limit` of them; a missing, binary, non-UTF-8 or blank file is a DataError naming it."""
+    path = corpus_path(corpus, data_dir)
+    text = read_text(path, "corpus file", "use a UTF-8 text file with one sentence per line", DataError)
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise DataError(f"corpus {path} has no non-blank line", "use a text file with one sentence per line")
+    return lines[:limit] if limit is not None else lines
 
-    Read with the `text` builder so that `tokenize_corpus` can map over it once and cache the result on disk.
-    `limit` keeps the first `limit` sentences (the smoke profile uses a few hundred).
-    """
-    import datasets
+
+@dataclass(frozen=True)
+class TokenizedCorpus:
+    """Token ids of a corpus, flat: sentence i is `ids[offsets[i]:offsets[i + 1]]` (truncated to max_length);
+    `n_untruncated[i]` is its length before truncation (special tokens included)."""
+
+    ids: np.ndarray  # (total tokens,) int32
+    offsets: np.ndarray  # (n + 1,) int64
+    n_untruncated: np.ndarray  # (n,) int32
+
+    def __len__(self) -> int:
+        return len(self.n_untruncated)
+
+    def sentence(self, i: int) -> np.ndarray:
+        return self.ids[self.offsets[i]:self.offsets[i + 1]]
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """A digest of what the tokenizer does (its full definition for a fast tokenizer), for cache keys."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # its JSON, less the truncation/padding state that each call sets
+        spec = json.dumps({k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")},
+                          sort_keys=True)
+    else:
+        spec = json.dumps(sorted(tokenizer.get_vocab().items()))
+    spec += f"{type(tokenizer).__name__}{tokenizer.all_special_ids}"
+    return hashlib.sha256(spec.encode()).hexdigest()[:16]
+
+
+def tokenized_corpus(corpus: str, tokenizer, max_length: int, data_dir=None, limit: int | None = None,
+                     progress: bool = True) -> TokenizedCorpus:
+    """The corpus tokenised once (truncated to `max_length`) and cached in `cache_root()/tokenized/`, keyed on the
+    corpus's content, the limit, the tokenizer's definition and max_length: an edited corpus is re-tokenised,
+    a moved one is not. Padding is left to the collator (dynamic, per batch)."""
+    from .progress import progress_bar
 
     path = corpus_path(corpus, data_dir)
-    ds = datasets.load_dataset("text", data_files=str(path), split="train", cache_dir=cache_dir)
-    ds = ds.filter(lambda batch: [bool(t.strip()) for t in batch["text"]], batched=True,
-                   desc="dropping blank lines")
-    if limit is not None:
-        ds = ds.select(range(min(limit, len(ds))))
-    if len(ds) == 0:
-        raise DataError(f"corpus {path} has no non-blank line", "use a text file with one sentence per line")
-    return ds
-
-
-def tokenize_corpus(ds, tokenizer, max_length: int, cache_file: str | os.PathLike | None = None):
-    """Tokenise once (truncating to `max_length`), cached on disk when `cache_file` is given.
-
-    Adds `input_ids` (and `token_type_ids` where the tokenizer makes them) and `n_tokens_untruncated`, so
-    the number of truncated sentences can be reported. Padding is left to the collator (dynamic, per batch).
-    """
-
-    def encode(batch):
-        full = tokenizer(batch["text"], add_special_tokens=True, truncation=False)["input_ids"]
-        enc = tokenizer(batch["text"], truncation=True, max_length=max_length)
-        enc["n_tokens_untruncated"] = [len(ids) for ids in full]
-        enc.pop("attention_mask", None)
-        return enc
-
-    kwargs = {}
-    if cache_file is not None:
-        Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
-        kwargs["cache_file_name"] = str(cache_file)
-    return ds.map(encode, batched=True, remove_columns=["text"], desc="tokenising corpus", **kwargs)
+    key = hashlib.sha256(json.dumps([content_digest(path), limit, tokenizer_digest(tokenizer), max_length]).encode())
+    cache = cache_root() / "tokenized" / f"{key.hexdigest()[:16]}.npz"
+    if cache.is_file():
+        try:
+            with np.load(cache) as f:
+                return TokenizedCorpus(f["ids"], f["offsets"], f["n_untruncated"])
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # damaged: rebuilt, never trusted
+            pass
+    sentences = read_corpus(corpus, data_dir, limit)
+    ids, lengths, full = [], [], []
+    step = 1000
+    for start in progress_bar(range(0, len(sentences), step), desc="tokenising corpus", disable=not progress,
+                              total=-(-len(sentences) // step)):
+        batch = sentences[start:start + step]
+        full += [len(t) for t in tokenizer(batch, add_special_tokens=True, truncation=False)["input_ids"]]
+        enc = tokenizer(batch, truncation=True, max_length=max_length)["input_ids"]
+        ids += [np.asarray(t, dtype=np.int32) for t in enc]
+        lengths += [len(t) for t in enc]
+    result = TokenizedCorpus(np.concatenate(ids), np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                             np.asarray(full, dtype=np.int32))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f".{cache.stem}.tmp-{os.getpid()}.npz")
+    np.savez(tmp, ids=result.ids, offsets=result.offsets, n_untruncated=result.n_untruncated)
+    tmp.replace(cache)  # atomic: a reader sees the whole file or none
+    return result
 
 
 # ---------------------------------------------------------------- download (machines with internet)

@@ -39,31 +39,55 @@ def write_json(path: str | os.PathLike, obj) -> Path:
     return write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
-def read_text(path: str | os.PathLike, what: str = "file", fix: str = "restore or recreate it") -> str:
-    """The UTF-8 text of `path`, or a FileProblem naming it (missing, a folder, unreadable, binary, not UTF-8)."""
+def read_text(path: str | os.PathLike, what: str = "file", fix: str = "restore or recreate it",
+              error: type[JtcseError] = FileProblem) -> str:
+    """The UTF-8 text of `path`, or an `error` naming it (missing, a folder, unreadable, binary, not UTF-8)."""
     path = Path(path)
     if not path.exists():
-        raise FileProblem(f"{what} {path} does not exist", fix)
+        raise error(f"{what} {path} does not exist", fix)
     if not path.is_file():
-        raise FileProblem(f"{what} {path} exists but is not a file", fix)
+        raise error(f"{what} {path} exists but is not a file", fix)
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise FileProblem(f"cannot read {what} {path} ({e.strerror or e})", fix) from None
+        raise error(f"cannot read {what} {path} ({e.strerror or e})", fix) from None
     if b"\x00" in data:
-        raise FileProblem(f"{what} {path} is binary, not text", fix)
+        raise error(f"{what} {path} is binary, not text", fix)
     try:
         return data.decode("utf8")
     except UnicodeDecodeError as e:
-        raise FileProblem(f"{what} {path} is not UTF-8 text (byte {e.start})", fix) from None
+        raise error(f"{what} {path} is not UTF-8 text (byte {e.start})", fix) from None
 
 
-def read_json(path: str | os.PathLike, what: str = "JSON file", fix: str = "restore or recreate it"):
-    """The parsed JSON of `path`, or a FileProblem (also for empty or truncated JSON)."""
-    text = read_text(path, what, fix)
+def read_json(path: str | os.PathLike, what: str = "JSON file", fix: str = "restore or recreate it",
+              error: type[JtcseError] = FileProblem):
+    """The parsed JSON of `path`, or an `error` naming it (also for empty or truncated JSON)."""
+    text = read_text(path, what, fix, error)
     if not text.strip():
-        raise FileProblem(f"{what} {path} is empty", fix)
+        raise error(f"{what} {path} is empty", fix)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise FileProblem(f"{what} {path} is not valid JSON (line {e.lineno}: {e.msg})", fix) from None
+        raise error(f"{what} {path} is not valid JSON (line {e.lineno}: {e.msg})", fix) from None
+
+
+def read_jsonl(path: str | os.PathLike, what: str = "log", fix: str = "restore or recreate it",
+               error: type[JtcseError] = FileProblem) -> tuple[list[dict], bool]:
+    """(records, whether a partial last line was dropped): a line that does not parse is tolerated only at the end,
+    where a kill or a full disk leaves half a line; anywhere else it is an `error` naming the line."""
+    lines = read_text(path, what, fix, error).split("\n")
+    records, partial = [], False
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise json.JSONDecodeError("not a JSON object", line, 0)
+        except json.JSONDecodeError as e:
+            if lineno == len(lines):  # the last line had no newline yet: half written
+                partial = True
+                break
+            raise error(f"{what} {path}, line {lineno}: not a JSON record ({e.msg})", fix) from None
+        records.append(record)
+    return records, partial

@@ -22,41 +22,15 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from .config import STAGES, TWIN_STAGES, RunConfig, config_hash
+from .config import STAGES, TWIN_STAGES, RunConfig, config_hash, stage_settings
 from .data import content_digest, corpus_path, sts_test_digest, stsb_path
 from .errors import ConfigError
 from .files import write_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# settings every stage's result depends on
-_COMMON = ("backbone", "corpus", "corpus_limit", "max_length", "batch_size", "grad_accum", "epochs", "max_steps",
-           "dropout", "seed", "temperature", "weight_decay", "warmup_ratio", "scheduler", "precision",
-           "eval_every", "dev_pairs", "eval_max_length")
-_OWN = {
-    "simcse_a": ("lr_simcse_a",),
-    "simcse_b": ("lr_simcse_b", "seed_b_offset"),
-    "tncse": ("lr_joint", "w_nce", "w_cross_cls", "w_modulus", "modulus_variant"),
-    "jtcse": ("lr_joint", "w_nce", "w_cross_cls", "w_modulus", "modulus_variant", "cross_attention_layers",
-              "w_cross_attention"),
-    "distill": ("lr_distill", "distill_init", "distill_alpha", "distill_temperature_student",
-                "distill_temperature_teacher"),
-}
 _PARENTS = {"simcse_a": (), "simcse_b": (), "tncse": ("simcse_a", "simcse_b"), "jtcse": ("simcse_a", "simcse_b"),
             "distill": ("jtcse",)}
-# Settings no stage's trained model depends on, and why (tests/test_runs.py checks that every config key is
-# either keyed above or listed here).
-UNKEYED = {
-    "profile": "names the folder runs/<profile>/ that holds the runs",
-    "seeds": "the list of seeds to run; each run is keyed by its own `seed`",
-    "ablations": "which variants notebook 06 runs; each variant is keyed by the settings it changes",
-    "test_pairs": "test-set scoring only, after training; cached scores are keyed by it in their file name",
-    "eval_batch_size": "encoding batch size: the same scores up to float rounding (padding is masked)",
-    "checkpoint_every": "when resumable checkpoints are written; a resumed run equals an uninterrupted one",
-    "log_every": "how often loss terms are averaged into metrics.jsonl; the weights do not change",
-}
-
-
 def runs_root() -> Path:
     """`$JTCSE_RUNS_DIR`, else `runs/` at the repository root (absolute: notebooks run in notebooks/)."""
     return Path(os.environ.get("JTCSE_RUNS_DIR", REPO_ROOT / "runs")).resolve()
@@ -71,8 +45,7 @@ def stage_key(config: RunConfig, stage: str, data_dir=None) -> str:
     """Hash of the settings `stage` depends on, its parents' included, and of the data it reads: the content of
     the training corpus and of STS-B dev (selection), not where they lie, so moving the data retrains nothing."""
     _check_stage(stage)
-    data = config.to_dict()
-    own = {k: data[k] for k in (*_COMMON, *_OWN[stage])}
+    own = stage_settings(config, stage)
     own["data"] = {"corpus": content_digest(corpus_path(config.corpus, data_dir)),
                    "stsb_dev": content_digest(stsb_path("dev", data_dir))}
     own["parents"] = [stage_key(config, p, data_dir) for p in _PARENTS[stage]]
@@ -120,7 +93,11 @@ def _train(config: RunConfig, stage: str, out: Path, parents: list[Path], data_d
         kwargs["init"] = tuple(parents)
     elif stage == "distill":
         kwargs["teacher"] = parents[0]
-    Trainer(config, stage, out, data_dir=data_dir, progress=progress, **kwargs).run()
+    # a folder the cache cannot resume (no run record or no checkpoint: a run killed early, or an older version's)
+    # is moved aside to <folder>.old-<time>, never deleted, and the stage trains from step 0
+    resumable = (out / "run.json").is_file() and (out / "checkpoint" / "trainer_state.pt").is_file()
+    restart = out.is_dir() and any(out.iterdir()) and not resumable
+    Trainer(config, stage, out, data_dir=data_dir, progress=progress, restart=restart, **kwargs).run()
     if not (out / "best").is_dir():
         raise RuntimeError(f"training of {stage} finished without a best model in {out}")
     write_json(out / "DONE", {"stage": stage, "key": stage_key(config, stage, data_dir)})

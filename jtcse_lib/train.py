@@ -13,11 +13,13 @@ forward pass: dropout makes the two views, rows [0, B) view 1 and rows [B, 2B) v
 Every `eval_every` optimizer steps the model is scored on STS-B dev (the twin as the sum of its towers' [CLS]
 vectors, as at inference); the best is kept as plain Hugging Face folder(s) in `out/best`. Every
 `checkpoint_every` steps a resumable checkpoint (weights, optimizer, scheduler, RNG states, data position) is
-written to `out/checkpoint`; running the same command again resumes from it exactly. Both are written to a
+written to `out/checkpoint`; running the same command again resumes from it exactly. `out/run.json` records what
+the folder holds (stage, the settings the stage reads, the models it starts from, the data's digests): a resume
+with anything else is refused with the differences, and results are never replaced implicitly (`restart=True`
+moves a run aside to `OUT.old-<time>` and starts over). Both are written to a
 temporary folder and swapped in by renames (`_write_folder`). Metrics go to `out/metrics.jsonl` (with the
 starting point's dev score at step 0, for the curves; it is not a candidate for `best/`, as in the official
-code), the resolved config to `out/config.json`, the summary to `out/result.json` (written last: its presence
-means the run is complete).
+code) and the summary to `out/result.json` (written last: its presence means the run is complete).
 
 On CUDA: TF32 matmuls and autocast (bf16 where supported, else fp16 with a gradient scaler). On CPU: fp32.
 The loop reads no tensor on the host except every `log_every` steps (loss logging and the finiteness check).
@@ -31,17 +33,18 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from .backbones import is_twin_dir, load_encoder, load_tokenizer, model_folder
-from .config import STAGES, TWIN_STAGES, RunConfig, config_hash
-from .data import cache_root, corpus_path, load_corpus, load_stsb, tokenize_corpus
+from .config import STAGES, TWIN_STAGES, RunConfig, stage_settings
+from .data import content_digest, corpus_path, load_stsb, stsb_path, tokenized_corpus
 from .errors import ConfigError, JtcseError
 from .evaluate import SumEncoder, TowerEncoder, stsb_dev_score
-from .files import write_json
+from .files import FileProblem, read_json, read_jsonl, write_json, write_text
 from .losses import TwinWeights, distill_objective, simcse_objective, twin_objective
 from .model import TwinTower
 from .progress import progress_bar
@@ -50,6 +53,9 @@ from .provenance import provenance
 # Seeds derived from config.seed, each stream separate so that changing one never shifts another:
 PERMUTATION_SEED = 1_000_003  # data order of epoch e: seed * 1_000_003 + e (a prime keeps epochs of seeds apart)
 DIRECTION_SEED_OFFSET = 7  # the JTCSE ICNCE direction generator: seed + 7 (any constant apart from the data's)
+# Settings a finished or interrupted run may continue under when they grow (more steps of a constant schedule);
+# any other change of what a stage reads is refused on resume.
+EXTENDABLE = ("max_steps", "epochs")
 
 
 class TrainingDiverged(JtcseError):
@@ -80,6 +86,34 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def _device(device) -> torch.device:
+    """The device to train on (default: CUDA when available), refused with the fix when this machine lacks it."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"--device {device!r} is not a device name ({e})", "use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        have = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA device"
+        raise ConfigError(f"--device {device} is not on this machine ({have})", "use --device cpu, or leave it out")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device}: only cpu and cuda are supported", "use cpu or cuda")
+    return dev
+
+
+def _differences(stored: dict, current: dict, prefix: str = "") -> list[str]:
+    """'key: old -> new' for every value that differs between two (nested) dicts."""
+    out = []
+    for key in sorted(set(stored) | set(current)):
+        a, b = stored.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
 class Trainer:
     """Train one stage: the constructor builds the model, data and optimizer; `run()` is the loop and resumes from
     `out_dir/checkpoint` when it exists.
@@ -92,26 +126,30 @@ class Trainer:
             distill_init=tower_a: the teacher's tower A); tncse/jtcse: (tower A, tower B) folders, default: both
             from config.backbone. A run folder stands for its best/ model.
         teacher: distill only: a twin folder (tower_a/, tower_b/) or the run folder of a tncse/jtcse run.
-        cache_dir: the cache folder for the tokenised corpus (default: `data.cache_root()`).
+        restart: move an existing run in `out_dir` aside (to `OUT.old-<time>`) and start over.
+
+    Everything that can be checked is checked before a model is loaded: the device, the output folder (its kind,
+    that it is writable, what it already holds), the data, max_length against the tokenizer.
     """
 
     def __init__(self, config: RunConfig, stage: str, out_dir, init=None, teacher=None, data_dir=None,
-                 cache_dir=None, device=None, progress: bool = True):
+                 device=None, progress: bool = True, restart: bool = False):
         if stage not in STAGES:
             raise ConfigError(f"unknown stage {stage!r}", f"use one of {', '.join(STAGES)}")
         if stage == "distill" and teacher is None:
             raise ConfigError("the distill stage needs a teacher", "pass --teacher DIR (a trained twin folder)")
         self.config, self.stage = config, stage
-        self.out_dir = Path(out_dir)
+        self.out_dir = Path(out_dir).expanduser()
         self.data_dir = data_dir
-        self.cache_dir = Path(cache_dir) if cache_dir else cache_root()
-        self.device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = _device(device)
         self.progress = progress
         self.seed = config.seed + (config.seed_b_offset if stage == "simcse_b" else 0)
         self.lr = config.stage_lr(stage)
         self.teacher_dir = Path(model_folder(teacher)) if teacher is not None else None
         self.init = (tuple(model_folder(i) for i in init) if isinstance(init, (tuple, list)) else model_folder(init)
                      ) if init is not None else None
+        self.identity = self._identity()  # reads the data's digests: a missing corpus fails here
+        self._claim_out_dir(restart)
         self._setup_precision()
         torch.manual_seed(self.seed)  # any weight the checkpoint lacks (e.g. a pooler) is initialised reproducibly
         self._build_model()
@@ -123,6 +161,59 @@ class Trainer:
         self._elapsed_before, self._start = 0.0, time.perf_counter()
 
     # ---------------------------------------------------------------- construction
+
+    def _identity(self) -> dict:
+        """What a run folder holds: the stage, the settings it reads, the models it starts from, the data's digests."""
+        return {"stage": self.stage, "settings": stage_settings(self.config, self.stage),
+                "init": [str(i) for i in self.init] if isinstance(self.init, tuple) else self.init,
+                "teacher": str(self.teacher_dir) if self.teacher_dir else None,
+                "data": {"corpus": content_digest(corpus_path(self.config.corpus, self.data_dir)),
+                         "stsb_dev": content_digest(stsb_path("dev", self.data_dir))}}
+
+    def _claim_out_dir(self, restart: bool) -> None:
+        """Check `out_dir` before any work: a folder we can write, holding nothing or a run of exactly this identity
+        (only EXTENDABLE settings may grow). Results are never replaced implicitly: `restart` moves them aside."""
+        out, fix = self.out_dir, "train into a new --out, or pass --restart to move this run aside and start over"
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} is a file, not a folder", "choose a folder path")
+        held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+        if restart and held:
+            aside = out.with_name(f"{out.name}.old-{datetime.now():%Y%m%d-%H%M%S}")
+            out.rename(aside)
+            tqdm.write(f"[{self.stage}] --restart: the previous run in {out} is now in {aside}")
+            held = []
+        record = out / "run.json"
+        ckpt = any((out / c / "trainer_state.pt").is_file() for c in ("checkpoint", "checkpoint.old"))
+        if record.is_file():
+            stored = read_json(record, "run record", fix, ConfigError)
+            grown = {k: (stored.get("settings", {}).get(k), self.identity["settings"][k]) for k in EXTENDABLE}
+            grown = {k: v for k, v in grown.items() if v[0] != v[1]}
+            kept = {k: v for k, v in stored.items() if k in self.identity}
+            kept["settings"] = {**kept.get("settings", {}), **{k: v[1] for k, v in grown.items()}}
+            diffs = _differences(kept, self.identity)
+            if diffs:
+                raise ConfigError(f"{out} holds a {stored.get('stage')} run with other settings ({'; '.join(diffs)})",
+                                  fix)
+            cfg = self.config
+            if grown and not (cfg.scheduler == "constant" and cfg.warmup_ratio == 0 and
+                              all(isinstance(a, int) and isinstance(b, int) and b > a for a, b in grown.values())):
+                changes = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in grown.items())
+                raise ConfigError(f"{out} holds a run that can only be extended to more steps of a constant schedule "
+                                  f"without warm-up ({changes})", fix)
+            self._grown = grown
+        elif held:
+            raise ConfigError(f"{out} is not empty and holds no run.json ({', '.join(held[:4])}): not a run of this "
+                              "version", "train into a new --out, or pass --restart to move its contents aside")
+        if ((out / "best").exists() or (out / "result.json").exists()) and not ckpt:
+            raise ConfigError(f"{out} holds results (best/, result.json) but no checkpoint to resume from; training "
+                              "again would replace them", fix)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            write_text(out / ".writable", "")
+            (out / ".writable").unlink()
+        except (OSError, FileProblem) as e:
+            raise ConfigError(f"cannot write to --out {out} ({getattr(e, 'strerror', None) or e})",
+                              "choose a writable folder") from None
 
     def _setup_precision(self) -> None:
         p = self.config.precision
@@ -142,8 +233,26 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
+    def _source(self) -> str:
+        """Where the model's tokenizer (and the simcse/distill encoder) comes from."""
+        cfg = self.config
+        if self.stage in TWIN_STAGES:
+            return self.init[0] if self.init else cfg.backbone
+        if self.stage == "distill":
+            if not is_twin_dir(self.teacher_dir):
+                raise ConfigError(f"teacher folder {self.teacher_dir} does not hold tower_a/ and tower_b/",
+                                  "pass the best/ folder (or the run folder) of a tncse or jtcse run")
+            return self.init or str(self.teacher_dir / "tower_a" if cfg.distill_init == "tower_a" else cfg.backbone)
+        return self.init or cfg.backbone
+
     def _build_model(self) -> None:
         cfg, p = self.config, self.config.dropout
+        source = self._source()
+        self.tokenizer = load_tokenizer(source)
+        special = self.tokenizer.num_special_tokens_to_add()
+        if cfg.max_length <= special:  # the tokenizer would ignore the truncation and train on whole sentences
+            raise ConfigError(f"max_length={cfg.max_length} leaves no room for a word: this tokenizer adds {special} "
+                              "special tokens", f"set max_length to {special + 1} or more (SimCSE: 32)")
         if self.stage in TWIN_STAGES:
             src_a, src_b = self.init if self.init else (cfg.backbone, cfg.backbone)
             layers = cfg.cross_attention_layers if self.stage == "jtcse" else 0
@@ -151,7 +260,6 @@ class Trainer:
                 self.model = TwinTower.from_pretrained(src_a, src_b, cross_attention_layers=layers, dropout=p)
             except ValueError as e:  # e.g. a cross-attention count that does not divide the depth
                 raise ConfigError(str(e), "change cross_attention_layers (or the towers) as the message says") from None
-            self.tokenizer = load_tokenizer(src_a)
             if cfg.w_modulus > 0 and cfg.modulus_variant == "official" and self.model.tower_a.pooler is None:
                 raise ConfigError("modulus_variant=official needs pooler outputs and this backbone has no pooler",
                                   "set modulus_variant=paper")
@@ -161,37 +269,25 @@ class Trainer:
                 raise ConfigError("every loss weight of this stage is 0", "set at least one of w_nce, w_cross_cls, "
                                   "w_cross_attention, w_modulus above 0")
         elif self.stage == "distill":
-            teacher = self.teacher_dir
-            if not is_twin_dir(teacher):
-                raise ConfigError(f"teacher folder {teacher} does not hold tower_a/ and tower_b/",
-                                  "pass the best/ folder (or the run folder) of a tncse or jtcse run")
-            source = self.init or (teacher / "tower_a" if cfg.distill_init == "tower_a" else cfg.backbone)
             self.model = load_encoder(source, dropout=p)
-            self.tokenizer = load_tokenizer(teacher / "tower_a")
-            self.teacher = TwinTower.from_pretrained(teacher, cross_attention_layers=0)
+            self.tokenizer = load_tokenizer(self.teacher_dir / "tower_a")
+            self.teacher = TwinTower.from_pretrained(self.teacher_dir, cross_attention_layers=0)
             self.teacher.to(self.device).eval().requires_grad_(False)
         else:  # simcse_a, simcse_b
-            source = self.init or cfg.backbone
             self.model = load_encoder(source, dropout=p)
-            self.tokenizer = load_tokenizer(source)
         self.model.to(self.device)
 
     def _build_data(self) -> None:
         cfg = self.config
-        ds = load_corpus(cfg.corpus, self.data_dir, cache_dir=self.cache_dir / "datasets", limit=cfg.corpus_limit)
-        key = config_hash({"corpus": str(corpus_path(cfg.corpus, self.data_dir)), "limit": cfg.corpus_limit,
-                           "n": len(ds), "vocab": self.tokenizer.vocab_size, "tokenizer": type(self.tokenizer).__name__,
-                           "special": self.tokenizer.all_special_ids, "max_length": cfg.max_length})
-        tok = tokenize_corpus(ds, self.tokenizer, cfg.max_length,
-                              cache_file=self.cache_dir / "tokenized" / f"{key}.arrow")
-        self.sentences: list[list[int]] = tok["input_ids"]
-        lengths = tok["n_tokens_untruncated"]
-        self.n_truncated = sum(n > cfg.max_length for n in lengths)
-        self.steps_per_epoch = len(self.sentences) // cfg.batch_size
+        self.corpus = tokenized_corpus(cfg.corpus, self.tokenizer, cfg.max_length, self.data_dir, cfg.corpus_limit,
+                                       progress=self.progress)
+        self.n_truncated = int((self.corpus.n_untruncated > cfg.max_length).sum())  # from the real lengths
+        self.steps_per_epoch = len(self.corpus) // cfg.batch_size
         if self.steps_per_epoch == 0:
-            raise ConfigError(f"batch_size={cfg.batch_size} is larger than the corpus "
-                              f"({len(self.sentences)} sentences)",
-                              f"set batch_size to at most {len(self.sentences)}, or use a larger corpus")
+            fix = (f"set batch_size to at most {len(self.corpus)}, or use a larger corpus" if len(self.corpus) >= 2
+                   else "use a corpus of at least 2 sentences (in-batch negatives need a second sentence)")
+            raise ConfigError(f"batch_size={cfg.batch_size} is larger than the corpus ({len(self.corpus)} "
+                              "sentences)", fix)
         updates_per_epoch = max(1, self.steps_per_epoch // cfg.grad_accum)
         self.total_steps = cfg.max_steps or cfg.epochs * updates_per_epoch
         self.uses_token_types = "token_type_ids" in self.tokenizer.model_input_names
@@ -221,13 +317,13 @@ class Trainer:
         B = self.config.batch_size
         if getattr(self, "_perm_epoch", None) != epoch:
             g = torch.Generator().manual_seed(self.seed * PERMUTATION_SEED + epoch)
-            self._perm, self._perm_epoch = torch.randperm(len(self.sentences), generator=g), epoch
-        rows = [self.sentences[i] for i in self._perm[index * B:(index + 1) * B].tolist()]
+            self._perm, self._perm_epoch = torch.randperm(len(self.corpus), generator=g), epoch
+        rows = [self.corpus.sentence(i) for i in self._perm[index * B:(index + 1) * B].tolist()]
         L = max(len(r) for r in rows)
         ids = torch.full((B, L), self.pad_id, dtype=torch.long)
         mask = torch.zeros((B, L), dtype=torch.long)
         for i, r in enumerate(rows):
-            ids[i, :len(r)] = torch.tensor(r)
+            ids[i, :len(r)] = torch.from_numpy(r)
             mask[i, :len(r)] = 1
         batch = {"input_ids": ids.repeat(2, 1), "attention_mask": mask.repeat(2, 1)}  # (2B, L)
         if self.uses_token_types:
@@ -362,16 +458,21 @@ class Trainer:
             if not (old / "trainer_state.pt").is_file():
                 return False
             ckpt = old
-        self.model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(self.device)))
-        state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"], self.device)
-        self.direction_gen.set_state(state["direction_gen"])
-        self.step, self.epoch, self.index = state["step"], state["epoch"], state["index"]
-        self.best_dev, self.best_step = state["best_dev"], state["best_step"]
-        self._elapsed_before = state["elapsed"]
+        try:
+            self.model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(self.device)))
+            state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            _set_rng_state(state["rng"], self.device)
+            self.direction_gen.set_state(state["direction_gen"])
+            self.step, self.epoch, self.index = state["step"], state["epoch"], state["index"]
+            self.best_dev, self.best_step = state["best_dev"], state["best_step"]
+            self._elapsed_before = state["elapsed"]
+        except Exception as e:  # truncated or corrupt safetensors / pickle: many exception types, one message
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise ConfigError(f"the checkpoint in {ckpt} is damaged ({type(e).__name__}: {first})",
+                              "pass --restart to move this run aside and train from step 0") from None
         self._trim_metrics(self.step)
         best, old = self.out_dir / "best", self.out_dir / "best.old"
         if not best.exists() and old.exists():  # killed between the two renames of a best-model swap
@@ -379,15 +480,26 @@ class Trainer:
         return True
 
     def _trim_metrics(self, step: int) -> None:
-        """Drop metric lines written after the checkpoint we resume from (they will be written again)."""
+        """Drop metric lines written after the checkpoint we resume from (they will be written again), and a half
+        written last line; the trimmed log replaces the old one atomically."""
         path = self.out_dir / "metrics.jsonl"
         if path.is_file():
-            keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-            path.write_text("".join(line + "\n" for line in keep))
+            records, _ = read_jsonl(path, "metrics log", "pass --restart to move this run aside", ConfigError)
+            write_text(path, "".join(json.dumps(r) + "\n" for r in records if r.get("step", math.inf) <= step))
 
     def _log(self, record: dict) -> None:
         with open(self.out_dir / "metrics.jsonl", "a", encoding="utf8") as f:
             f.write(json.dumps(record) + "\n")
+
+    def _record_start(self, resumed: bool) -> None:
+        """Write run.json: this run's identity (what a resume must match) and, per start, when and what grew."""
+        path = self.out_dir / "run.json"
+        history = read_json(path, "run record").get("history", []) if resumed and path.is_file() else []
+        start = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "from_step": self.step}
+        if getattr(self, "_grown", None):
+            start["extended"] = {k: list(v) for k, v in self._grown.items()}
+        write_json(path, {**self.identity, "seed": self.seed, "lr": self.lr, "config": self.config.to_dict(),
+                          "history": [*history, start]})
 
     def elapsed(self) -> float:
         return self._elapsed_before + time.perf_counter() - self._start
@@ -396,17 +508,19 @@ class Trainer:
 
     def run(self) -> TrainResult:
         cfg = self.config
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         self._start = time.perf_counter()
         resumed = self._load_checkpoint()
         if not resumed:
             torch.manual_seed(self.seed)
-            (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
-        write_json(self.out_dir / "config.json", {"stage": self.stage, "seed": self.seed, "lr": self.lr,
-                                                    "init": str(self.init), "config": cfg.to_dict(),
-                                                    "teacher": str(self.teacher_dir)})
+            (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)  # lines of a run killed before its checkpoint
+        if resumed and self.step >= self.total_steps and (self.out_dir / "result.json").is_file():
+            done = read_json(self.out_dir / "result.json", "result", "pass --restart to train it again", ConfigError)
+            tqdm.write(f"[{self.stage}] {self.out_dir} is complete already (step {self.step}): nothing to do")
+            return TrainResult(self.stage, self.out_dir, self.out_dir / "best", done["best_step"],
+                               done["best_stsb_dev"], done["steps"], done["wall_seconds"])
+        self._record_start(resumed)
         if self.n_truncated:
-            tqdm.write(f"[{self.stage}] {self.n_truncated} of {len(self.sentences)} training sentences are longer "
+            tqdm.write(f"[{self.stage}] {self.n_truncated} of {len(self.corpus)} training sentences are longer "
                        f"than max_length={cfg.max_length} tokens and were truncated")
         if resumed:
             tqdm.write(f"[{self.stage}] resuming from step {self.step} of {self.total_steps}")
@@ -458,7 +572,7 @@ class Trainer:
         write_json(self.out_dir / "result.json", {
             "stage": self.stage, "best_step": self.best_step, "best_stsb_dev": self.best_dev,
             "steps": self.step, "total_steps": self.total_steps, "wall_seconds": round(result.wall_seconds, 1),
-            "train_sentences": len(self.sentences), "truncated_sentences": self.n_truncated,
+            "train_sentences": len(self.corpus), "truncated_sentences": self.n_truncated,
             "config": cfg.to_dict(), **provenance(self.device),
         })
         return result

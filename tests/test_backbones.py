@@ -22,6 +22,9 @@ def test_folder_that_is_not_a_model(tmp_path):
     with pytest.raises(ModelError, match="has no config.json"):
         backbones.resolve(tmp_path)
     (tmp_path / "tower_a").mkdir()
+    with pytest.raises(ModelError, match=r"holds only tower_a/: an incomplete twin"):  # not "holds both"
+        backbones.resolve(tmp_path)
+    (tmp_path / "tower_b").mkdir()
     with pytest.raises(ModelError, match="tower_a/ and tower_b/"):
         backbones.resolve(tmp_path)
 

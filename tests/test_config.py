@@ -38,8 +38,14 @@ def test_unknown_key_is_named():
 
 @pytest.mark.parametrize("override, message", [
     ("batch_size=0", "'batch_size': must be a positive integer"),
-    ("lr_joint=-1", "'lr_joint': must be a positive number"),
-    ("w_modulus=-0.5", "'w_modulus': must be a number >= 0"),
+    ("lr_joint=-1", "'lr_joint': must be a positive finite number"),
+    ("w_modulus=-0.5", "'w_modulus': must be a finite number >= 0"),
+    ("batch_size=1", "'batch_size': must be 2 or more .*contrastive loss has no negative"),
+    ("lr_joint=.nan", "'lr_joint': must be a positive finite number, got nan"),
+    ("lr_simcse_a=.inf", "'lr_simcse_a': must be a positive finite number, got inf"),
+    ("temperature=0", "'temperature': must be a positive finite number"),
+    ("w_nce=.nan", "'w_nce': must be a finite number >= 0"),
+    ("dropout=.nan", "'dropout': must be in"),
     ("modulus_variant=both", "unknown variant 'both'"),
     ("precision=fp8", "unknown precision 'fp8'"),
     ("cross_attention_layers=-2", "'cross_attention_layers': must be a count >= 0"),
@@ -63,14 +69,14 @@ def test_hash_is_stable_and_sensitive():
 def test_every_config_key_is_keyed_by_the_stages_that_read_it_or_listed_as_unkeyed():
     from dataclasses import fields
 
-    from jtcse_lib import runs
+    from jtcse_lib import config
     from jtcse_lib.config import RunConfig
 
-    keyed = set(runs._COMMON).union(*runs._OWN.values())
+    keyed = set(config.COMMON_KEYS).union(*config.STAGE_KEYS.values())
     names = {f.name for f in fields(RunConfig)}
-    assert not keyed & set(runs.UNKEYED), "a key cannot be both keyed and unkeyed"
-    assert names == keyed | set(runs.UNKEYED), f"decide about: {sorted(names - keyed - set(runs.UNKEYED))}"
-    assert all(runs.UNKEYED.values())  # each says why
+    assert not keyed & set(config.UNKEYED), "a key cannot be both keyed and unkeyed"
+    assert names == keyed | set(config.UNKEYED), f"decide about: {sorted(names - keyed - set(config.UNKEYED))}"
+    assert all(config.UNKEYED.values())  # each says why
 
 
 def test_coercion_follows_the_type_hints():

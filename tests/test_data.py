@@ -85,7 +85,7 @@ def test_missing_data_folder_names_it_and_the_fix(tmp_path, monkeypatch):
     with pytest.raises(DataError) as e:
         data.resolve_data_dir()
     msg = str(e.value)
-    assert "nowhere" in msg and "JTCSE_DATA_DIR" in msg and "download-data" in msg
+    assert "nowhere" in msg and "JTCSE_DATA_DIR" in msg and "check the path" in msg and "download-data" not in msg
 
 
 def test_folder_without_senteval(tmp_path):
@@ -157,34 +157,71 @@ def test_unknown_task():
         data.load_task("STS17")
 
 
-def test_corpus_skips_blank_lines(tiny_data, tmp_path):
-    ds = data.load_corpus("wiki1m_subset", tiny_data, cache_dir=tmp_path / "cache")
-    assert ds["text"] == ["First sentence.", "Second one here.", "Third."]
-    assert data.load_corpus("wiki1m_subset", tiny_data, cache_dir=tmp_path / "cache", limit=2)["text"] == \
-        ["First sentence.", "Second one here."]
+def test_corpus_skips_blank_lines(tiny_data):
+    assert data.read_corpus("wiki1m_subset", tiny_data) == ["First sentence.", "Second one here.", "Third."]
+    assert data.read_corpus("wiki1m_subset", tiny_data, limit=2) == ["First sentence.", "Second one here."]
 
 
-def test_empty_corpus_is_an_error(tmp_path):
-    path = tmp_path / "empty.txt"
-    path.write_text("\n  \n")
-    with pytest.raises(DataError, match="no non-blank line"):
-        data.load_corpus(str(path), cache_dir=tmp_path / "cache")
+@pytest.mark.parametrize("content, problem", [
+    (b"\n  \n", "no non-blank line"), (b"", "no non-blank line"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00", "is binary, not text"), (b"caf\xe9 au lait\n", "is not UTF-8 text"),
+])
+def test_a_corpus_without_usable_text_is_a_one_line_error(tmp_path, content, problem):
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=problem):
+        data.read_corpus(str(path))
 
 
-def test_unknown_corpus_name(tiny_data):
+def test_unknown_corpus_name_and_a_folder_as_corpus(tiny_data, tmp_path):
     with pytest.raises(DataError, match="unknown corpus 'wiki2m'"):
         data.corpus_path("wiki2m", tiny_data)
+    with pytest.raises(DataError, match="exists but is not a file"):
+        data.corpus_path(str(tmp_path), tiny_data)
+    with pytest.raises(DataError, match="does not exist. Fix: use one of wiki1m_subset"):  # not download-data
+        data.corpus_path(str(tmp_path / "mine.txt"), tiny_data)
 
 
-def test_tokenize_corpus_truncates_counts_and_caches(tiny_data, tmp_path, minilm):
+@pytest.fixture
+def cache_here(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
+    return tmp_path / "cache" / "tokenized"
+
+
+def test_tokenized_corpus_truncates_counts_and_caches(tiny_data, minilm, cache_here):
     _, tokenizer = minilm
-    ds = data.load_corpus("wiki1m_subset", tiny_data, cache_dir=tmp_path / "cache")
-    cache = tmp_path / "tok" / "corpus.arrow"
-    tok = data.tokenize_corpus(ds, tokenizer, max_length=4, cache_file=cache)
-    assert cache.is_file()
-    assert all(len(ids) <= 4 for ids in tok["input_ids"])
-    assert tok["n_tokens_untruncated"] == [len(tokenizer(t)["input_ids"]) for t in ds["text"]]
-    assert tok["input_ids"][2] == tokenizer("Third.")["input_ids"]  # short enough: untouched
+    tok = data.tokenized_corpus("wiki1m_subset", tokenizer, 4, tiny_data, progress=False)
+    assert len(list(cache_here.glob("*.npz"))) == 1
+    texts = data.read_corpus("wiki1m_subset", tiny_data)
+    assert all(len(tok.sentence(i)) <= 4 for i in range(len(tok)))
+    assert tok.n_untruncated.tolist() == [len(tokenizer(t)["input_ids"]) for t in texts]  # real lengths
+    assert tok.sentence(2).tolist() == tokenizer("Third.")["input_ids"]  # short enough: untouched
+    again = data.tokenized_corpus("wiki1m_subset", tokenizer, 4, tiny_data, progress=False)
+    assert again.ids.tolist() == tok.ids.tolist() and len(list(cache_here.glob("*.npz"))) == 1  # from the cache
+
+
+def test_an_edited_corpus_is_tokenised_again_and_a_moved_one_is_not(tiny_data, minilm, cache_here, tmp_path):
+    import shutil
+
+    _, tokenizer = minilm
+    data.tokenized_corpus("wiki1m_subset", tokenizer, 16, tiny_data, progress=False)
+    moved = shutil.copytree(tiny_data, tmp_path / "moved")
+    data.tokenized_corpus("wiki1m_subset", tokenizer, 16, moved, progress=False)
+    assert len(list(cache_here.glob("*.npz"))) == 1  # same content: the same cache entry
+    corpus = moved / "wiki" / "wiki1m_subset.txt"
+    corpus.write_text("An edited first sentence.\nSecond one here.\nThird.\n")  # edited in place
+    edited = data.tokenized_corpus("wiki1m_subset", tokenizer, 16, moved, progress=False)
+    assert edited.sentence(0).tolist() == tokenizer("An edited first sentence.")["input_ids"]
+    assert len(list(cache_here.glob("*.npz"))) == 2
+
+
+def test_a_damaged_token_cache_is_rebuilt(tiny_data, minilm, cache_here):
+    _, tokenizer = minilm
+    first = data.tokenized_corpus("wiki1m_subset", tokenizer, 16, tiny_data, progress=False)
+    entry = next(cache_here.glob("*.npz"))
+    entry.write_bytes(entry.read_bytes()[:50])
+    again = data.tokenized_corpus("wiki1m_subset", tokenizer, 16, tiny_data, progress=False)
+    assert again.ids.tolist() == first.ids.tolist()
 
 
 # ------------------------------------------------------------------- the real data folder

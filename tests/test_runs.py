@@ -66,6 +66,7 @@ def test_half_written_run_is_not_complete(cfg, real_data):
     assert not runs.is_complete(cfg, "simcse_a")
     path = runs.trained_model(cfg, "simcse_a", data_dir=real_data, progress=False)
     assert (path / "model.safetensors").is_file() and runs.is_complete(cfg, "simcse_a")
+    assert [p.name.split(".old-")[0] for p in out.parent.glob(f"{out.name}.old-*")] == [out.name]  # kept aside
 
 
 def test_sts_scores_are_cached(cfg, real_data):
