@@ -77,15 +77,16 @@ def measure(args) -> dict:
         return out
 
 
-def bert_base_folder(folder: Path) -> str:
-    """A randomly initialised BERT-base (bert-base-uncased's config) with the same uncased vocabulary."""
+def bert_base_folder(folder: Path, layers: int = 12) -> str:
+    """A randomly initialised BERT-base (bert-base-uncased's config; `layers` of its 12) with the same uncased
+    vocabulary."""
     import torch
     from transformers import BertConfig, BertModel
 
     from jtcse_lib.backbones import load_tokenizer
 
     torch.manual_seed(0)
-    BertModel(BertConfig()).save_pretrained(folder)
+    BertModel(BertConfig(num_hidden_layers=layers)).save_pretrained(folder)
     load_tokenizer("minilm").save_pretrained(folder)  # the same 30522-token uncased BERT vocabulary
     return str(folder)
 
@@ -101,6 +102,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--bert-base", action="store_true", help="random BERT-base twin (the paper's size)")
+    parser.add_argument("--layers", type=int, default=12, help="with --bert-base: keep this many of its 12 layers")
     parser.add_argument("--backbone", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--stage", default=None, help=argparse.SUPPRESS)  # internal: one measurement
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -117,7 +119,7 @@ def main() -> None:
         args.batch_size = args.batch_size or cfg.batch_size
         args.max_length = args.max_length or cfg.max_length
     with tempfile.TemporaryDirectory() as tmp:
-        backbone = bert_base_folder(Path(tmp) / "bert-base-random") if args.bert_base else None
+        backbone = bert_base_folder(Path(tmp) / "bert-base-random", args.layers) if args.bert_base else None
         rows = []
         for stage in args.stages:
             cmd = [sys.executable, __file__, "--stage", stage, "--profile", args.profile, "--device", args.device,

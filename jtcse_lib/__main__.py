@@ -1,4 +1,6 @@
-"""Command line: `python -m jtcse_lib {evaluate,train,export,pipeline,download-data} ...` (see `--help` of each).
+"""Command line: `python -m jtcse_lib {evaluate,train,export,pipeline,config,plan,download-data} ...`.
+
+See `--help` of each command.
 
 Errors the user can fix print one line on stderr (cause and fix) and exit with status 2; `--debug` shows
 the traceback instead.
@@ -70,11 +72,20 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .config import TWIN_STAGES, load_profile
+    from . import distributed
+    from .config import TWIN_STAGES, RunConfig, load_profile, with_overrides
     from .errors import ConfigError
     from .train import Trainer
 
-    config = load_profile(args.profile, args.set)
+    if args.config:  # the resolved configuration a launcher wrote (the run cache under torchrun)
+        from .files import read_json
+
+        config = with_overrides(RunConfig(**read_json(args.config, "configuration")), args.set)
+    else:
+        config = load_profile(args.profile, args.set)
+    nproc = args.nproc or config.nproc
+    if nproc > 1 and not distributed.launched():
+        return launch_distributed(nproc, args.argv)
     init = None
     if args.init:
         twin = args.stage in TWIN_STAGES
@@ -83,11 +94,43 @@ def cmd_train(args) -> int:
                               f"{args.stage}", "pass --init DIR_A DIR_B, e.g. two simcse_a / simcse_b runs" if twin
                               else "pass --init DIR, e.g. a simcse run")
         init = tuple(args.init) if twin else args.init[0]
-    trainer = Trainer(config, args.stage, args.out, init=init, teacher=args.teacher, data_dir=args.data_dir,
-                      device=args.device, restart=args.restart)
-    result = trainer.run()
-    print(f"{args.stage}: best STS-B dev {result.best_dev:.2f} at step {result.best_step} of {result.steps}; "
-          f"best model in {result.best_dir} ({result.wall_seconds:.0f} s)")
+    try:
+        trainer = Trainer(config, args.stage, args.out, init=init, teacher=args.teacher, data_dir=args.data_dir,
+                          device=args.device, restart=args.restart)
+        result = trainer.run()
+    except JtcseError as e:
+        if distributed.active():  # say which rank; torchrun then stops the others
+            e.args = (f"[rank {distributed.rank()}] {e.args[0]}",)
+        raise
+    finally:
+        distributed.cleanup()
+    if distributed.is_main():
+        print(f"{args.stage}: best STS-B dev {result.best_dev:.2f} at step {result.best_step} of {result.steps}; "
+              f"best model in {result.best_dir} ({result.wall_seconds:.0f} s)")
+    return 0
+
+
+def launch_distributed(nproc: int, argv: list[str]) -> int:
+    """Run this `train` command in `nproc` processes with torchrun (torch.distributed.run, one node), each told
+    nproc=N; returns its exit status, after one line naming the failure when a process failed."""
+    import subprocess
+
+    child, skip = [], False
+    for arg in argv:  # drop --nproc N: the children are the N processes
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            child.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
+           "jtcse_lib", *child, "--set", f"nproc={nproc}"]
+    code = subprocess.run(cmd).returncode
+    if code:
+        print(f"error: distributed training ({nproc} processes, torchrun) stopped with exit status {code}; the lines "
+              "above name the rank that failed and why. Fix: remove the cause and run the same command again: it "
+              "resumes from the last checkpoint", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -140,6 +183,26 @@ def cmd_pipeline(args) -> int:
     from .pipeline import run_pipeline
 
     run_pipeline(args.profile, start=args.start, only=args.only, overrides=args.set or None)
+    return 0
+
+
+def cmd_config(args) -> int:
+    from .config import STAGES, load_profile
+
+    config = load_profile(args.profile, args.set)
+    if args.stage:
+        resolved = {k: v for k, v in config.for_stage(args.stage).to_dict().items() if k not in STAGES}
+        print(json.dumps({"stage": args.stage, **resolved}, indent=2))
+    else:
+        print(json.dumps(config.to_dict(), indent=2))
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from .config import load_profile
+    from .plan import plan_report
+
+    print(plan_report(load_profile(args.profile, args.set), args.data_dir))
     return 0
 
 
@@ -209,13 +272,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help=f"train one stage ({', '.join(STAGES)}); resumes if interrupted")
     tr.add_argument("--stage", required=True, choices=STAGES)
     tr.add_argument("--profile", default="smoke", help="params/<profile>.yaml (smoke, cpu, paper)")
-    tr.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys")
+    tr.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="override config keys")
     tr.add_argument("--out", required=True, help="run folder: checkpoint/, best/, metrics.jsonl, result.json")
     tr.add_argument("--init", nargs="+", metavar="DIR",
                     help="start from: one encoder (simcse_a/b, distill) or two towers A B (tncse, jtcse)")
     tr.add_argument("--teacher", default=None, help="distill: a trained twin folder (tower_a/, tower_b/)")
     tr.add_argument("--data-dir", default=None)
     tr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    tr.add_argument("--nproc", type=_int_at_least(1), default=None,
+                    help="processes (GPUs) to train with, via torchrun on this node (default: the profile's nproc)")
+    tr.add_argument("--config", default=None, help=argparse.SUPPRESS)  # a resolved config (JSON) instead of a profile
     tr.add_argument("--restart", action="store_true",
                     help="move an existing run in --out aside (to OUT.old-<time>) and train from step 0")
     tr.set_defaults(func=cmd_train)
@@ -234,8 +300,20 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--profile", default="cpu", help="params/<profile>.yaml (smoke, cpu, paper)")
     pl.add_argument("--from", dest="start", default=None, metavar="NN", help="start at notebook NN")
     pl.add_argument("--only", nargs="+", default=None, metavar="NN", help="run only these notebooks")
-    pl.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys")
+    pl.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="override config keys")
     pl.set_defaults(func=cmd_pipeline)
+
+    cf = sub.add_parser("config", help="print a profile's resolved settings as JSON (of one stage with --stage)")
+    cf.add_argument("--profile", default="smoke")
+    cf.add_argument("--stage", choices=STAGES, default=None, help="the settings this stage trains with")
+    cf.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="override config keys (stage.key=v)")
+    cf.set_defaults(func=cmd_config)
+
+    pn = sub.add_parser("plan", help="what a profile will train, and its cost, without training")
+    pn.add_argument("--profile", default="cpu")
+    pn.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE")
+    pn.add_argument("--data-dir", default=None)
+    pn.set_defaults(func=cmd_plan)
 
     dl = sub.add_parser("download-data", help="fetch SentEval and Wiki1M from the Hugging Face Hub")
     dl.add_argument("--dest", default="data-full", help="folder to write (default: ./data-full)")
@@ -247,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         _model_args(args)
         return args.func(args)

@@ -1,8 +1,12 @@
 """The run configuration: one dataclass, loaded from `params/<profile>.yaml`, overridable with key=value.
 
-Unknown keys and impossible values are rejected with a message naming the key and the fix. The hash of
-the resolved configuration (`config_hash`) keys the run cache, so two runs with the same settings share
-their trained models.
+A profile sets the keys for every stage and may set any training key again for one stage, in a section named
+after it (`simcse_a:`, `simcse_b:`, `tncse:`, `jtcse:`, `distill:`), which overrides the profile-wide value for
+that stage only; `--set jtcse.lr=2e-5` does the same from the command line. `config.for_stage(stage)` is the
+resolved configuration a stage trains with (`python -m jtcse_lib config --profile P --stage S` prints it).
+
+Unknown keys and impossible values are rejected with a message naming the key and the fix. The settings a stage
+reads (`stage_settings`) key the run cache, so two runs with the same settings share their trained models.
 """
 
 from __future__ import annotations
@@ -47,14 +51,15 @@ class RunConfig:
     max_steps: int | None = None  # optimizer steps per stage (None: epochs over the corpus)
     dropout: float | None = None  # hidden and attention dropout (None: the backbone's, 0.1 for BERT)
     seed: int = 42
+    nproc: int = 1  # processes (GPUs) a stage trains with: torch.distributed DDP via torchrun when > 1
+
+    lr: float = 3e-5  # peak learning rate (each stage usually sets its own in its section)
 
     # stage 1: two SimCSE encoders (tower A and tower B), as TNCSE/JTCSE start from two different ones
-    lr_simcse_a: float = 3e-5
-    lr_simcse_b: float = 3e-5
     seed_b_offset: int = 1  # tower B's seed = seed + offset (different dropout masks and data order)
+    train_mlp_head: bool = False  # SimCSE's --mlp_only_train: an MLP over [CLS] in training, dropped at test
 
     # stage 2: joint training (TNCSE = no cross-attention; JTCSE = with it)
-    lr_joint: float = 1e-5
     cross_attention_layers: int | list[int] = 3  # count dividing the depth, or explicit 0-based layers
     temperature: float = 0.05
     modulus_variant: str = "official"  # "official" (LTN_loss of the authors' code) or "paper"
@@ -64,7 +69,6 @@ class RunConfig:
     w_modulus: float = 1.0  # tensor-modulus term, (A, B) + (B, A)
 
     # distillation (JTCSE-D): one student tower from the twin teacher
-    lr_distill: float = 1e-5
     distill_init: str = "tower_a"  # "tower_a" of the teacher, or "backbone"
     distill_alpha: float = 1.0
     distill_temperature_student: float = 0.05
@@ -74,7 +78,9 @@ class RunConfig:
     weight_decay: float = 0.0
     warmup_ratio: float = 0.0  # the paper: no warm-up
     scheduler: str = "constant"  # "constant" or "linear" (decay to 0)
+    max_grad_norm: float | None = None  # clip the gradient's global L2 norm (HF Trainer's default: 1.0)
     precision: str = "auto"  # auto: bf16 autocast on CUDA where supported, else fp16; fp32 on CPU
+    deterministic: bool = False  # deterministic cuDNN/cuBLAS kernels (slower; CPU training is deterministic anyway)
     eval_every: int = 10  # STS-B dev every N optimizer steps (the paper: 100)
     eval_batch_size: int = 128
     eval_max_length: int | None = None  # truncation when encoding STS sentences (None: model limit)
@@ -85,6 +91,13 @@ class RunConfig:
     seeds: list[int] = field(default_factory=lambda: [42])  # seeds of the main models (notebooks 03-05)
     ablations: str | list[str] = "all"  # notebook 06: "all", or a subset of ABLATIONS ("layers": every count)
 
+    # per-stage overrides: any training key (PER_STAGE_KEYS) set again for one stage
+    simcse_a: dict[str, Any] = field(default_factory=dict)
+    simcse_b: dict[str, Any] = field(default_factory=dict)
+    tncse: dict[str, Any] = field(default_factory=dict)
+    jtcse: dict[str, Any] = field(default_factory=dict)
+    distill: dict[str, Any] = field(default_factory=dict)
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -94,7 +107,7 @@ class RunConfig:
                 raise ConfigError(f"config key {key!r}: {problem}", fix)
 
         for key in ("batch_size", "grad_accum", "epochs", "max_length", "eval_every", "checkpoint_every",
-                    "log_every", "eval_batch_size"):
+                    "log_every", "eval_batch_size", "nproc"):
             need(isinstance(getattr(self, key), int) and getattr(self, key) >= 1, key,
                  f"must be a positive integer, got {getattr(self, key)!r}", f"set {key}=1 or more")
         # one sentence per batch leaves an in-batch contrastive loss no negative: it is exactly 0 and nothing trains
@@ -108,8 +121,7 @@ class RunConfig:
                  f"must be 10 or more, or null (all pairs), got {value!r}", f"set {key}=null")
         need(self.corpus_limit is None or (isinstance(self.corpus_limit, int) and self.corpus_limit >= 2),
              "corpus_limit", f"must be 2 or more, or null, got {self.corpus_limit!r}", "set corpus_limit=null")
-        for key in ("lr_simcse_a", "lr_simcse_b", "lr_joint", "lr_distill", "temperature",
-                    "distill_temperature_student", "distill_temperature_teacher"):
+        for key in ("lr", "temperature", "distill_temperature_student", "distill_temperature_teacher"):
             need(_finite(getattr(self, key)) and getattr(self, key) > 0, key,
                  f"must be a positive finite number, got {getattr(self, key)!r}", f"set {key} to e.g. 1e-5")
         for key in ("w_nce", "w_cross_cls", "w_cross_attention", "w_modulus", "distill_alpha", "weight_decay",
@@ -117,6 +129,11 @@ class RunConfig:
             need(_finite(getattr(self, key)) and getattr(self, key) >= 0, key,
                  f"must be a finite number >= 0, got {getattr(self, key)!r}", f"set {key}=0 to switch it off")
         need(self.warmup_ratio < 1, "warmup_ratio", "must be below 1", "set warmup_ratio=0.1, say")
+        need(self.max_grad_norm is None or (_finite(self.max_grad_norm) and self.max_grad_norm > 0), "max_grad_norm",
+             f"must be a positive finite number or null, got {self.max_grad_norm!r}", "set max_grad_norm=1.0")
+        for key in ("train_mlp_head", "deterministic"):
+            need(isinstance(getattr(self, key), bool), key, f"must be true or false, got {getattr(self, key)!r}",
+                 f"set {key}=true")
         need(self.dropout is None or (_number(self.dropout) and 0 <= self.dropout < 1), "dropout",
              f"must be in [0, 1) or null, got {self.dropout!r}", "set dropout=0.1")
         need(self.modulus_variant in ("official", "paper"), "modulus_variant",
@@ -138,15 +155,27 @@ class RunConfig:
         need(chosen == "all" or (isinstance(chosen, list) and all(a in ABLATIONS for a in chosen)),
              "ablations", f"must be 'all' or a list of {', '.join(ABLATIONS)}; got {chosen!r}",
              "set ablations=all or e.g. ablations=[reference,no_modulus]")
+        for stage in STAGES:
+            section = getattr(self, stage)
+            need(isinstance(section, dict), stage, f"must be a mapping of keys to values, got {section!r}",
+                 f"write e.g. {stage}: {{lr: 1.0e-5}}")
+            bad = sorted(set(section) - set(PER_STAGE_KEYS))
+            need(not bad, stage, f"cannot set {', '.join(bad)} per stage",
+                 f"per-stage keys are {', '.join(PER_STAGE_KEYS)}")
+            if section:
+                self.for_stage(stage)  # the stage's values are valid too (its config has no sections: no recursion)
 
     # ------------------------------------------------------------------ derived
 
-    def stage_lr(self, stage: str) -> float:
-        lrs = {"simcse_a": self.lr_simcse_a, "simcse_b": self.lr_simcse_b, "tncse": self.lr_joint,
-               "jtcse": self.lr_joint, "distill": self.lr_distill}
-        if stage not in lrs:
+    def for_stage(self, stage: str) -> RunConfig:
+        """The configuration `stage` trains with: the profile-wide values, overridden by the stage's section."""
+        if stage not in STAGES:
             raise ConfigError(f"unknown stage {stage!r}", f"use one of {', '.join(STAGES)}")
-        return lrs[stage]
+        values = {k: _coerce(k, v) for k, v in getattr(self, stage).items()}
+        return dataclasses.replace(self, **values, **{s: {} for s in STAGES})
+
+    def stage_lr(self, stage: str) -> float:
+        return self.for_stage(stage).lr
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -199,7 +228,8 @@ def _coerce(key: str, value: Any) -> Any:
 
 
 def with_overrides(config: RunConfig, overrides: dict[str, Any] | list[str] | None) -> RunConfig:
-    """A new config with `overrides` applied: a dict, or a list of `key=value` strings (values parsed as YAML)."""
+    """A new config with `overrides` applied: a dict, or a list of `key=value` strings (values parsed as YAML).
+    `stage.key=value` (or a dict value for a stage key) sets `key` in that stage's section, keeping its others."""
     if not overrides:
         return dataclasses.replace(config)
     if isinstance(overrides, list):
@@ -210,12 +240,29 @@ def with_overrides(config: RunConfig, overrides: dict[str, Any] | list[str] | No
             key, value = item.split("=", 1)
             pairs[key.strip()] = value.strip()
         overrides = pairs
-    unknown = sorted(set(overrides) - set(_FIELDS))
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}",
-                          f"known keys: {', '.join(_FIELDS)}")
     data = config.to_dict()
-    data.update({k: _coerce(k, v) for k, v in overrides.items()})
+    for key, value in overrides.items():
+        stage, _, sub = key.partition(".")
+        if sub:  # jtcse.lr=2e-5
+            if stage not in STAGES:
+                raise ConfigError(f"unknown stage {stage!r} in {key!r}", f"use one of {', '.join(STAGES)}")
+            value = {sub: value}
+            key = stage
+        if key not in _FIELDS:
+            raise ConfigError(f"unknown config key {key!r}", f"known keys: {', '.join(_FIELDS)}")
+        if key in STAGES:
+            if isinstance(value, str):
+                value = _coerce(key, value)
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {key!r}: must be a mapping, got {value!r}",
+                                  f"write e.g. {key}.lr=1e-5")
+            unknown = sorted(set(value) - set(PER_STAGE_KEYS))
+            if unknown:
+                raise ConfigError(f"cannot set {', '.join(unknown)} per stage ({key})",
+                                  f"per-stage keys are {', '.join(PER_STAGE_KEYS)}")
+            data[key] = {**data[key], **{k: _coerce(k, v) for k, v in value.items()}}
+        else:
+            data[key] = _coerce(key, value)
     return RunConfig(**data)
 
 
@@ -224,17 +271,19 @@ def with_overrides(config: RunConfig, overrides: dict[str, Any] | list[str] | No
 # The settings a stage's trained model depends on: the run-cache key (jtcse_lib.runs) and the identity a run
 # folder records (jtcse_lib.train) are made of them.
 COMMON_KEYS = ("backbone", "corpus", "corpus_limit", "max_length", "batch_size", "grad_accum", "epochs", "max_steps",
-               "dropout", "seed", "temperature", "weight_decay", "warmup_ratio", "scheduler", "precision",
-               "eval_every", "dev_pairs", "eval_max_length")
+               "dropout", "seed", "lr", "temperature", "weight_decay", "warmup_ratio", "scheduler", "max_grad_norm",
+               "precision", "deterministic", "nproc", "eval_every", "dev_pairs", "eval_max_length")
 STAGE_KEYS = {
-    "simcse_a": ("lr_simcse_a",),
-    "simcse_b": ("lr_simcse_b", "seed_b_offset"),
-    "tncse": ("lr_joint", "w_nce", "w_cross_cls", "w_modulus", "modulus_variant"),
-    "jtcse": ("lr_joint", "w_nce", "w_cross_cls", "w_modulus", "modulus_variant", "cross_attention_layers",
-              "w_cross_attention"),
-    "distill": ("lr_distill", "distill_init", "distill_alpha", "distill_temperature_student",
-                "distill_temperature_teacher"),
+    "simcse_a": ("train_mlp_head",),
+    "simcse_b": ("train_mlp_head", "seed_b_offset"),
+    "tncse": ("w_nce", "w_cross_cls", "w_modulus", "modulus_variant"),
+    "jtcse": ("w_nce", "w_cross_cls", "w_modulus", "modulus_variant", "cross_attention_layers", "w_cross_attention"),
+    "distill": ("distill_init", "distill_alpha", "distill_temperature_student", "distill_temperature_teacher"),
 }
+# Keys a stage section may set: every training key, not the run's identity (profile, backbone, seeds), nor what is
+# decided once for all stages (the seed, the ablation list, test-set scoring).
+PER_STAGE_KEYS = tuple(k for k in (*COMMON_KEYS, *dict.fromkeys(k for keys in STAGE_KEYS.values() for k in keys))
+                       if k not in ("backbone", "seed", "seed_b_offset", "nproc"))
 # Settings no stage's trained model depends on, and why (tests/test_config.py checks that every key is either
 # read by a stage above or listed here).
 UNKEYED = {
@@ -245,6 +294,8 @@ UNKEYED = {
     "eval_batch_size": "encoding batch size: the same scores up to float rounding (padding is masked)",
     "checkpoint_every": "when resumable checkpoints are written; a resumed run equals an uninterrupted one",
     "log_every": "how often loss terms are averaged into metrics.jsonl; the weights do not change",
+    **{stage: "per-stage overrides: folded into the keys above by for_stage, so keyed as the values they set"
+       for stage in STAGES},
 }
 
 
@@ -252,7 +303,7 @@ def stage_settings(config: RunConfig, stage: str) -> dict[str, Any]:
     """The settings `stage` reads (not those of the stages it starts from), as a dict."""
     if stage not in STAGE_KEYS:
         raise ConfigError(f"unknown stage {stage!r}", f"use one of {', '.join(STAGES)}")
-    data = config.to_dict()
+    data = config.for_stage(stage).to_dict()
     return {k: data[k] for k in (*COMMON_KEYS, *STAGE_KEYS[stage])}
 
 

@@ -43,6 +43,7 @@ SHIPPED_DIR = REPO_ROOT / "data"
 ARCHIVE_NAME, MANIFEST_NAME = "jtcse-data.tar.xz", "MANIFEST.sha256"
 HUB_DATASET = "princeton-nlp/datasets-for-simcse"
 CORPORA = {"wiki1m_subset": "wiki/wiki1m_subset.txt", "wiki1m": "wiki/wiki1m_for_simcse.txt"}
+SICK_SUFFIX = "+sick"  # `wiki1m+sick`: the corpus and the unlabelled SICK sentences (official stage 2; transductive)
 
 # SentEval's sub-sets per STS year (STS13 "SMT" has gold scores but no input: SentEval skips it).
 STS_SUBSETS: dict[str, tuple[str, ...]] = {
@@ -352,14 +353,33 @@ def corpus_path(corpus: str, data_dir=None) -> Path:
     return path.resolve()
 
 
+def corpus_files(corpus: str, data_dir=None) -> list[Path]:
+    """The files a corpus is read from: its text file, and SICK's three files for a `<corpus>+sick` name."""
+    base, plus = corpus.removesuffix(SICK_SUFFIX), corpus.endswith(SICK_SUFFIX)
+    sick = [resolve_data_dir(data_dir) / "senteval" / "SICK" / _SICK_FILES[s] for s in _SICK_FILES] if plus else []
+    return [corpus_path(base, data_dir), *sick]
+
+
+def corpus_digest(corpus: str, data_dir=None) -> str:
+    """One digest of the content of every file the corpus is read from (what caches and run keys use)."""
+    return hashlib.sha256(" ".join(content_digest(f) for f in corpus_files(corpus, data_dir)).encode()).hexdigest()
+
+
 def read_corpus(corpus: str, data_dir=None, limit: int | None = None) -> list[str]:
     """The corpus's non-blank lines (`str.splitlines`, as the `text` loader of `datasets` splits them), the first
-    `limit` of them; a missing, binary, non-UTF-8 or blank file is a DataError naming it."""
-    path = corpus_path(corpus, data_dir)
+    `limit` of them; a missing, binary, non-UTF-8 or blank file is a DataError naming it.
+
+    `<corpus>+sick` appends the unlabelled sentences of SICK (train, trial and test; sentence A then B of each pair,
+    each distinct sentence once), as the official stage-2 corpus does. TRANSDUCTIVE: SICK-R's test split is one of
+    the seven evaluation sets; only its sentences are used, never its scores."""
+    path, *sick = corpus_files(corpus, data_dir)
     text = read_text(path, "corpus file", "use a UTF-8 text file with one sentence per line", DataError)
     lines = [line for line in text.splitlines() if line.strip()]
     if not lines:
         raise DataError(f"corpus {path} has no non-blank line", "use a text file with one sentence per line")
+    if sick:
+        pairs = [load_sick(split, data_dir) for split in _SICK_FILES]
+        lines += list(dict.fromkeys(s for p in pairs for a, b in zip(p.sent1, p.sent2) for s in (a, b)))
     return lines[:limit] if limit is not None else lines
 
 
@@ -398,8 +418,8 @@ def tokenized_corpus(corpus: str, tokenizer, max_length: int, data_dir=None, lim
     a moved one is not. Padding is left to the collator (dynamic, per batch)."""
     from .progress import progress_bar
 
-    path = corpus_path(corpus, data_dir)
-    key = hashlib.sha256(json.dumps([content_digest(path), limit, tokenizer_digest(tokenizer), max_length]).encode())
+    key = hashlib.sha256(json.dumps([corpus_digest(corpus, data_dir), limit, tokenizer_digest(tokenizer),
+                                     max_length]).encode())
     cache = cache_root() / "tokenized" / f"{key.hexdigest()[:16]}.npz"
     if cache.is_file():
         try:

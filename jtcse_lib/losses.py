@@ -3,9 +3,10 @@
 Two layers. The *terms* (``nt_xent``, ``cross_nt_xent``, ``modulus_gap`` / ``tensor_modulus_loss``,
 ``distillation_kl``) each take the embeddings of a batch and return one loss. The *objectives*
 (``simcse_objective``, ``twin_objective``, ``distill_objective``) are the paper's total losses, written
-with the terms; ``jtcse_lib.train.Trainer`` calls them and nothing else. Nothing here holds state, nothing
-imports the rest of the library. The official code (``model_dual.py`` of the JTCSE/TNCSE releases)
-feeds one tensor of *interleaved* rows per tower::
+with the terms; ``jtcse_lib.train.Trainer`` calls them and nothing else. Nothing here holds state; the only
+import from the library is ``jtcse_lib.distributed``, whose gathers are the identity in one process (under
+torchrun, each rank's anchors are scored against the candidates of the whole global batch). The official code
+(``model_dual.py`` of the JTCSE/TNCSE releases) feeds one tensor of *interleaved* rows per tower::
 
     row 2s   = sentence s, dropout view 1
     row 2s+1 = sentence s, dropout view 2
@@ -30,6 +31,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from . import distributed
 
 __all__ = [
     "OFFICIAL_TEMPERATURE",
@@ -111,13 +114,23 @@ def _partner_nt_xent(za, zb, temperature):
 
     ``za``, ``zb``: (2B, H) unit rows, ``[view1; view2]``. Row i of ``za`` is scored against every row
     of ``zb`` except row i; its target is the partner view, row ``(i + B) mod 2B``.
+
+    Under torch.distributed (``jtcse_lib.distributed``) the rows are this rank's share of the global batch: the
+    candidates are gathered from every rank, with gradient, in the global layout ``[view1 of all ranks; view2 of
+    all ranks]`` (2N rows), and each local anchor excludes and targets the rows at its global index. In one
+    process the gather is the identity and the indices are those above.
     """
-    n = za.shape[0]  # 2B
-    logits = za @ zb.transpose(0, 1) / temperature  # l_ij = cos(a_i, b_j) / tau, (2B, 2B)
-    self_pair = torch.eye(n, dtype=torch.bool, device=za.device)
-    logits = logits.masked_fill(self_pair, float("-inf"))  # drop j = i (same sentence, same view)
-    target = torch.arange(n, device=za.device).add_(n // 2).remainder_(n)  # partner of i: i + B mod 2B
-    return F.cross_entropy(logits, target)  # mean_i [ logsumexp_{j != i} l_ij - l_{i, partner(i)} ]
+    b = za.shape[0] // 2  # local sentences
+    v1, v2 = zb.chunk(2)
+    candidates = torch.cat([distributed.gather(v1), distributed.gather(v2)])  # (2N, H), [view1; view2] global
+    n = candidates.shape[0] // 2  # global sentences
+    first = distributed.rank() * b + torch.arange(b, device=za.device)  # global index of this rank's sentences
+    own = torch.cat([first, first + n])  # global row of each anchor: (2B,)
+    partner = torch.cat([first + n, first])  # its partner view
+    logits = za @ candidates.transpose(0, 1) / temperature  # l_ij = cos(a_i, b_j) / tau, (2B, 2N)
+    logits = logits.index_put((torch.arange(2 * b, device=za.device), own),
+                              torch.tensor(float("-inf"), dtype=logits.dtype, device=za.device))  # drop j = i
+    return F.cross_entropy(logits, partner)  # mean_i [ logsumexp_{j != i} l_ij - l_{i, partner(i)} ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -323,10 +336,13 @@ def tensor_modulus_loss(anchor_cls, positive_cls, anchor_pooled=None, positive_p
 # ----------------------------------------------------------------------------------------------
 # distillation
 # ----------------------------------------------------------------------------------------------
-def _off_diagonal(m):
-    """(N, N) -> (N, N - 1): each row without its diagonal entry (order of the others kept)."""
-    n = m.shape[0]
-    return m.flatten()[1:].view(n - 1, n + 1)[:, :-1].reshape(n, n - 1)
+def _without_own_column(m, first):
+    """(B, N) -> (B, N - 1): row k without column first + k, its own row in the global batch (order kept); an
+    index gather, so the shape never depends on values (no host sync)."""
+    b, n = m.shape
+    cols = torch.arange(n - 1, device=m.device).expand(b, n - 1)  # (B, N-1)
+    own = (first + torch.arange(b, device=m.device))[:, None]  # (B, 1)
+    return m.gather(1, cols + (cols >= own).long())  # column j < own stays j, j >= own reads j + 1
 
 
 def distillation_kl(
@@ -368,16 +384,18 @@ def distillation_kl(
         raise ValueError(
             f"student and teacher must be (N, H) with the same N; got {tuple(student.shape)} and {tuple(teacher.shape)}"
         )
-    if student.shape[0] < 2:
+    if student.shape[0] * distributed.world_size() < 2:
         raise ValueError("distillation_kl needs N >= 2 rows (a row's distribution is over the other rows)")
     _check_temperature("temperature_student", temperature_student)
     _check_temperature("temperature_teacher", temperature_teacher)
     dtype = _compute_dtype(student, teacher)
     with _autocast_off(student):
-        zs = _unit_rows(student, dtype)  # (N, Hs)
-        zt = _unit_rows(teacher.detach(), dtype)  # (N, Ht), constant
-        log_ps = F.log_softmax(_off_diagonal(zs @ zs.T / temperature_student), dim=-1)  # log p_S(j|i), (N, N-1)
-        log_pt = F.log_softmax(_off_diagonal(zt @ zt.T / temperature_teacher), dim=-1)  # log p_T(j|i), (N, N-1)
+        zs = _unit_rows(student, dtype)  # (B, Hs), this rank's rows (all of them in one process)
+        zt = _unit_rows(teacher.detach(), dtype)  # (B, Ht), constant
+        first = distributed.rank() * zs.shape[0]  # global index of this rank's first row
+        all_s, all_t = distributed.gather(zs), distributed.gather_constant(zt)  # (N, Hs), (N, Ht)
+        log_ps = F.log_softmax(_without_own_column(zs @ all_s.T / temperature_student, first), dim=-1)  # (B, N-1)
+        log_pt = F.log_softmax(_without_own_column(zt @ all_t.T / temperature_teacher, first), dim=-1)  # (B, N-1)
         return (log_pt.exp() * (log_pt - log_ps)).sum(dim=-1).mean()  # 1/N sum_i sum_j p_T (log p_T - log p_S)
 
 

@@ -67,7 +67,7 @@ from transformers import PreTrainedModel
 
 from .backbones import TOWERS, is_twin_dir, load_encoder, read_twin_json, twin_towers, write_twin_json
 
-__all__ = ["TwinOutput", "TwinTower", "resolve_cross_attention_layers"]
+__all__ = ["MLPHead", "TwinOutput", "TwinTower", "resolve_cross_attention_layers"]
 
 _ARCH_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
@@ -112,6 +112,21 @@ def resolve_cross_attention_layers(spec: int | Sequence[int] | None, depth: int)
     if len(set(layers)) != len(layers):
         raise ValueError(f"cross-attention layer indices must be unique, got {layers}")
     return sorted(layers)
+
+
+class MLPHead(nn.Module):
+    """SimCSE's train-only MLP over [CLS] (`--mlp_only_train`): tanh(W h_CLS + b), initialised as BERT initialises a
+    linear layer (normal(0, initializer_range), zero bias). The loss sees its output during training; the tower is
+    evaluated and saved without it (the official SimCSE: "[CLS] w/ MLP (train)")."""
+
+    def __init__(self, hidden_size: int, initializer_range: float = 0.02):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        nn.init.normal_(self.dense.weight, std=initializer_range)
+        nn.init.zeros_(self.dense.bias)
+
+    def forward(self, cls: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(cls))  # (N, H) -> (N, H)
 
 
 @dataclass
@@ -164,11 +179,13 @@ def _blocks(layer: nn.Module, a: torch.Tensor, residual: torch.Tensor) -> torch.
 
 
 def _key_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """(N, L) 1 = token, 0 = padding -> boolean SDPA mask (N, 1, 1, L), True = attend; None if no padding."""
+    """(N, L) 1 = token, 0 = padding -> boolean SDPA mask (N, 1, 1, L), True = attend. On the CPU, None when there is
+    no padding (the mask-free kernel); on a GPU always the mask, since asking would read the tensor on the host
+    (a device sync per forward)."""
     if attention_mask is None:
         return None
     keep = attention_mask.bool()
-    if bool(keep.all()):
+    if keep.device.type == "cpu" and bool(keep.all()):
         return None
     return keep[:, None, None, :]
 

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-_PACKAGES = ("torch", "transformers", "datasets", "sentence-transformers", "numpy", "scipy", "jtcse_lib")
+_PACKAGES = ("torch", "transformers", "sentence-transformers", "numpy", "scipy", "scikit-learn", "jtcse_lib")
 
 
 def git_commit(repo: Path | None = None) -> str:

@@ -23,9 +23,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .config import STAGES, TWIN_STAGES, RunConfig, config_hash, stage_settings
-from .data import content_digest, corpus_path, sts_test_digest, stsb_path
-from .errors import ConfigError
+from .data import content_digest, corpus_digest, sts_test_digest, stsb_path
+from .errors import ConfigError, JtcseError
 from .files import write_json
+from .train import TRAINING_VERSION
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,8 +47,9 @@ def stage_key(config: RunConfig, stage: str, data_dir=None) -> str:
     the training corpus and of STS-B dev (selection), not where they lie, so moving the data retrains nothing."""
     _check_stage(stage)
     own = stage_settings(config, stage)
-    own["data"] = {"corpus": content_digest(corpus_path(config.corpus, data_dir)),
+    own["data"] = {"corpus": corpus_digest(config.for_stage(stage).corpus, data_dir),
                    "stsb_dev": content_digest(stsb_path("dev", data_dir))}
+    own["training_version"] = TRAINING_VERSION  # a model trained by code that trained differently is not reused
     own["parents"] = [stage_key(config, p, data_dir) for p in _PARENTS[stage]]
     return config_hash(own)
 
@@ -97,10 +99,30 @@ def _train(config: RunConfig, stage: str, out: Path, parents: list[Path], data_d
     # is moved aside to <folder>.old-<time>, never deleted, and the stage trains from step 0
     resumable = (out / "run.json").is_file() and (out / "checkpoint" / "trainer_state.pt").is_file()
     restart = out.is_dir() and any(out.iterdir()) and not resumable
-    Trainer(config, stage, out, data_dir=data_dir, progress=progress, restart=restart, **kwargs).run()
+    if config.nproc > 1:  # DDP: torchrun starts the processes, the notebook kernel waits
+        _train_distributed(config, stage, out, data_dir, restart, **kwargs)
+    else:
+        Trainer(config, stage, out, data_dir=data_dir, progress=progress, restart=restart, **kwargs).run()
     if not (out / "best").is_dir():
         raise RuntimeError(f"training of {stage} finished without a best model in {out}")
     write_json(out / "DONE", {"stage": stage, "key": stage_key(config, stage, data_dir)})
+
+
+def _train_distributed(config: RunConfig, stage: str, out: Path, data_dir, restart: bool, init=None,
+                       teacher=None) -> None:
+    """Train one stage in `nproc` processes: the `train` command under torchrun, given the resolved config."""
+    from .__main__ import launch_distributed
+
+    launch = out.with_name(f"{out.name}.launch.json")  # beside the run folder, which must hold only the run
+    write_json(launch, config.to_dict())
+    argv = ["train", "--stage", stage, "--config", str(launch), "--out", str(out)]
+    argv += ["--init", *map(str, init)] if init else []
+    argv += ["--teacher", str(teacher)] if teacher else []
+    argv += ["--data-dir", str(data_dir)] if data_dir else []
+    argv += ["--restart"] if restart else []
+    if launch_distributed(config.nproc, argv):
+        raise JtcseError(f"distributed training of {stage} into {out} failed (see the lines above)",
+                         "remove the cause and run again: the run resumes from its last checkpoint")
 
 
 def metrics(config: RunConfig, stage: str, data_dir=None) -> list[dict]:

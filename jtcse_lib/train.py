@@ -21,17 +21,27 @@ temporary folder and swapped in by renames (`_write_folder`). Metrics go to `out
 starting point's dev score at step 0, for the curves; it is not a candidate for `best/`, as in the official
 code) and the summary to `out/result.json` (written last: its presence means the run is complete).
 
-On CUDA: TF32 matmuls and autocast (bf16 where supported, else fp16 with a gradient scaler). On CPU: fp32.
-The loop reads no tensor on the host except every `log_every` steps (loss logging and the finiteness check).
+Numerics (`precision`): `auto` is bf16 autocast on CUDA where supported, else fp16 with a gradient scaler, and fp32
+on CPU; `bf16`/`fp16` run the same autocast code on CPU too (slow there, but testable). With fp16 the scaler skips
+an optimizer step whose gradients overflowed instead of stopping the run, and `metrics.jsonl` counts the skipped
+steps (`overflow_skipped`). TF32 matmuls (CUDA) and `deterministic: true` (deterministic cuDNN/cuBLAS kernels) are
+switched on for the loop only and restored afterwards. The loop reads no tensor on the host except every
+`log_every` steps (loss logging and the finiteness check): no `.item()` per step, the fused AdamW on CUDA takes
+the scaler's overflow flag on the device.
+
+`TRAINING_VERSION` names what this code trains; it is part of every run-cache key. A change of what training
+computes bumps it (tests/test_golden.py fails until it is bumped), so a cached model of older code is never reused.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,20 +49,25 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .backbones import is_twin_dir, load_encoder, load_tokenizer, model_folder
 from .config import STAGES, TWIN_STAGES, RunConfig, stage_settings
-from .data import content_digest, corpus_path, load_stsb, stsb_path, tokenized_corpus
+from .data import content_digest, corpus_digest, load_stsb, stsb_path, tokenized_corpus
 from .errors import ConfigError, JtcseError
 from .evaluate import SumEncoder, TowerEncoder, stsb_dev_score
 from .files import FileProblem, read_json, read_jsonl, write_json, write_text
 from .losses import TwinWeights, distill_objective, simcse_objective, twin_objective
-from .model import TwinTower
+from .model import MLPHead, TwinTower
 from .progress import progress_bar
 from .provenance import provenance
 
 # Seeds derived from config.seed, each stream separate so that changing one never shifts another:
 PERMUTATION_SEED = 1_000_003  # data order of epoch e: seed * 1_000_003 + e (a prime keeps epochs of seeds apart)
+RANK_SEED_STRIDE = 7_919  # dropout of rank r: seed + 7_919 r (rank 0 keeps the single-process seed)
 DIRECTION_SEED_OFFSET = 7  # the JTCSE ICNCE direction generator: seed + 7 (any constant apart from the data's)
+# What this code trains: bump it whenever a change alters the trained weights or the logged metrics of a run
+# (tests/test_golden.py pins the smoke profile's metrics to it); it keys the run cache.
+TRAINING_VERSION = 2
 # Settings a finished or interrupted run may continue under when they grow (more steps of a constant schedule);
 # any other change of what a stage reads is refused on resume.
 EXTENDABLE = ("max_steps", "epochs")
@@ -138,18 +153,26 @@ class Trainer:
             raise ConfigError(f"unknown stage {stage!r}", f"use one of {', '.join(STAGES)}")
         if stage == "distill" and teacher is None:
             raise ConfigError("the distill stage needs a teacher", "pass --teacher DIR (a trained twin folder)")
-        self.config, self.stage = config, stage
+        self.config, self.stage = config.for_stage(stage), stage  # the stage's section folded in
         self.out_dir = Path(out_dir).expanduser()
         self.data_dir = data_dir
-        self.device = _device(device)
-        self.progress = progress
+        self.device = distributed.setup(_device(device)) if distributed.launched() else _device(device)
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        if config.batch_size % self.world:
+            raise ConfigError(f"batch_size={config.batch_size} is not divisible by the {self.world} processes",
+                              f"set batch_size to a multiple of {self.world} (it is the global batch)")
+        if self.config.nproc != self.world:  # started by torchrun directly: record the world size it has
+            self.config = self.config.replace(nproc=self.world)
+        self.progress = progress and distributed.is_main()
         self.seed = config.seed + (config.seed_b_offset if stage == "simcse_b" else 0)
-        self.lr = config.stage_lr(stage)
+        self.lr = self.config.lr
         self.teacher_dir = Path(model_folder(teacher)) if teacher is not None else None
         self.init = (tuple(model_folder(i) for i in init) if isinstance(init, (tuple, list)) else model_folder(init)
                      ) if init is not None else None
         self.identity = self._identity()  # reads the data's digests: a missing corpus fails here
-        self._claim_out_dir(restart)
+        if distributed.is_main():  # one process owns the folder; the others wait for its verdict
+            self._claim_out_dir(restart)
+        distributed.barrier()
         self._setup_precision()
         torch.manual_seed(self.seed)  # any weight the checkpoint lacks (e.g. a pooler) is initialised reproducibly
         self._build_model()
@@ -164,10 +187,11 @@ class Trainer:
 
     def _identity(self) -> dict:
         """What a run folder holds: the stage, the settings it reads, the models it starts from, the data's digests."""
-        return {"stage": self.stage, "settings": stage_settings(self.config, self.stage),
+        return {"stage": self.stage, "training_version": TRAINING_VERSION, "world_size": self.world,
+                "settings": stage_settings(self.config, self.stage),
                 "init": [str(i) for i in self.init] if isinstance(self.init, tuple) else self.init,
                 "teacher": str(self.teacher_dir) if self.teacher_dir else None,
-                "data": {"corpus": content_digest(corpus_path(self.config.corpus, self.data_dir)),
+                "data": {"corpus": corpus_digest(self.config.corpus, self.data_dir),
                          "stsb_dev": content_digest(stsb_path("dev", self.data_dir))}}
 
     def _claim_out_dir(self, restart: bool) -> None:
@@ -216,22 +240,36 @@ class Trainer:
                               "choose a writable folder") from None
 
     def _setup_precision(self) -> None:
-        p = self.config.precision
-        if self.device.type != "cuda":
-            if p in ("bf16", "fp16"):
-                raise ConfigError(f"precision={p} is for CUDA only and this run is on {self.device}",
-                                  "use precision=auto or fp32 on CPU")
-            self.amp_dtype = None
-        elif p == "fp32":
+        p, cuda = self.config.precision, self.device.type == "cuda"
+        if p == "fp32" or (p == "auto" and not cuda):
             self.amp_dtype = None
         elif p == "bf16" or (p == "auto" and torch.cuda.is_bf16_supported()):
             self.amp_dtype = torch.bfloat16
         else:
             self.amp_dtype = torch.float16
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+
+    @contextmanager
+    def _numerics(self):
+        """TF32 (CUDA) and deterministic kernels for the training loop only; the process's settings come back after,
+        so an fp32 evaluation later in the same kernel is fp32 whether or not training ran first."""
+        saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+                 torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+                 torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+        try:
+            if self.device.type == "cuda" and self.amp_dtype is None and not self.config.deterministic:
+                torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+            if self.config.deterministic:  # cost: some kernels are slower, a few ops refuse to run (they say so)
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's requirement for determinism
+                torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+                torch.use_deterministic_algorithms(True, warn_only=True)
+            yield
+        finally:
+            (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.benchmark) = saved[:4]
+            torch.use_deterministic_algorithms(saved[4])
+            if saved[5] is None:
+                os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
     def _source(self) -> str:
         """Where the model's tokenizer (and the simcse/distill encoder) comes from."""
@@ -275,7 +313,23 @@ class Trainer:
             self.teacher.to(self.device).eval().requires_grad_(False)
         else:  # simcse_a, simcse_b
             self.model = load_encoder(source, dropout=p)
+        # SimCSE's train-only MLP over [CLS]; not part of the model, so never saved with the tower
+        self.head = (MLPHead(self.model.config.hidden_size, self.model.config.initializer_range).to(self.device)
+                     if cfg.train_mlp_head and self.stage in ("simcse_a", "simcse_b") else None)
+        # the pooler feeds only the official modulus term: elsewhere it gets no gradient, so it is frozen (DDP
+        # needs every trainable parameter to receive one; AdamW skips it either way)
+        if not (self.stage in TWIN_STAGES and cfg.w_modulus > 0 and cfg.modulus_variant == "official"):
+            for tower in (self.model.towers() if self.stage in TWIN_STAGES else [self.model]):
+                if getattr(tower, "pooler", None) is not None:
+                    tower.pooler.requires_grad_(False)
         self.model.to(self.device)
+        self.forward_model, self.forward_head = self.model, self.head
+        if self.world > 1:  # DDP averages the gradients; the losses gather the candidates (jtcse_lib.distributed)
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward_model = DDP(self.model, device_ids=ids)
+            self.forward_head = DDP(self.head, device_ids=ids) if self.head is not None else None
 
     def _build_data(self) -> None:
         cfg = self.config
@@ -296,8 +350,11 @@ class Trainer:
 
     def _build_optimizer(self) -> None:
         cfg = self.config
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=cfg.weight_decay)
+        modules = [self.model] + ([self.head] if self.head is not None else [])
+        self.params = [p for m in modules for p in m.parameters() if p.requires_grad]
+        # fused on CUDA: one kernel, and it takes the scaler's overflow flag on the device (no host sync per step)
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.lr, weight_decay=cfg.weight_decay,
+                                           fused=self.device.type == "cuda")
         warmup = int(cfg.warmup_ratio * self.total_steps)
         total = self.total_steps
 
@@ -313,12 +370,15 @@ class Trainer:
     # ---------------------------------------------------------------- one step
 
     def batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
-        """Batch `index` of epoch `epoch` as 2B rows (view 1 = rows [0, B), view 2 = rows [B, 2B))."""
-        B = self.config.batch_size
+        """Batch `index` of epoch `epoch` as 2B rows (view 1 = rows [0, B), view 2 = rows [B, 2B)): this rank's
+        B = batch_size / world_size sentences of the global batch (one permutation per epoch, the same on every
+        rank; rank r takes the r-th slice, so W ranks of B see what one device of W B sees)."""
+        B = self.config.batch_size // self.world
         if getattr(self, "_perm_epoch", None) != epoch:
             g = torch.Generator().manual_seed(self.seed * PERMUTATION_SEED + epoch)
             self._perm, self._perm_epoch = torch.randperm(len(self.corpus), generator=g), epoch
-        rows = [self.corpus.sentence(i) for i in self._perm[index * B:(index + 1) * B].tolist()]
+        start = index * self.config.batch_size + self.rank * B
+        rows = [self.corpus.sentence(i) for i in self._perm[start:start + B].tolist()]
         L = max(len(r) for r in rows)
         ids = torch.full((B, L), self.pad_id, dtype=torch.long)
         mask = torch.zeros((B, L), dtype=torch.long)
@@ -336,10 +396,12 @@ class Trainer:
         if self.stage in TWIN_STAGES:
             # ICNCE direction: drawn per step for JTCSE (CPU generator: no device sync), fixed A -> B for TNCSE
             b_to_a = self.stage == "jtcse" and bool(torch.randint(2, (1,), generator=self.direction_gen))
-            out = self.model(**batch, with_cross=self.with_cross)
+            out = self.forward_model(**batch, with_cross=self.with_cross)
             return twin_objective(**vars(out), weights=self.weights, temperature=cfg.temperature,
                                   modulus_variant=cfg.modulus_variant, b_to_a=b_to_a)
-        cls = self.model(**batch).last_hidden_state[:, 0]  # (2B, H)
+        cls = self.forward_model(**batch).last_hidden_state[:, 0]  # (2B, H)
+        if self.head is not None:
+            cls = self.forward_head(cls)  # SimCSE's --mlp_only_train: the loss sees MLP([CLS]); evaluated bare
         if self.stage == "distill":
             return distill_objective(cls, self._teacher(batch), cfg.distill_alpha, cfg.temperature,
                                      cfg.distill_temperature_student, cfg.distill_temperature_teacher)
@@ -356,7 +418,8 @@ class Trainer:
 
     def train_step(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """One optimizer step over `batches` (gradient accumulation); returns the loss terms, averaged over the
-        batches, as device tensors (nothing is read on the host)."""
+        batches, and with fp16 `overflow_skipped` (1 when the scaler skipped the step), as device tensors (nothing
+        is read on the host)."""
         sums: dict[str, torch.Tensor] = {}
         for batch in batches:
             try:
@@ -374,8 +437,14 @@ class Trainer:
                     "not the same recipe") from None
             for name, value in {"loss": loss, **terms}.items():
                 sums[name] = sums.get(name, 0) + value.detach().float() / len(batches)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if self.config.max_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)  # returns a tensor: no sync
+        scale = self.scaler._scale.clone() if self.scaler.is_enabled() else None
+        self.scaler.step(self.optimizer)  # skipped when fp16 gradients overflowed
+        self.scaler.update()  # ... and then the scale shrinks
+        if scale is not None:
+            sums["overflow_skipped"] = (self.scaler._scale < scale).float().reshape(())
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         return sums
@@ -393,14 +462,19 @@ class Trainer:
         return stsb_dev_score(self._encoder(), pairs=self.dev_pairs)
 
     def _evaluate(self, candidate: bool = True) -> float:
-        """STS-B dev score of the current model; keep it as `best/` when it is a candidate and improves."""
-        dev = self.dev_score()
+        """STS-B dev score of the current model; keep it as `best/` when it is a candidate and improves. Rank 0
+        scores and saves while the others wait; every rank then holds its decision."""
+        decision = None
+        if distributed.is_main():
+            dev = self.dev_score()
+            improved = candidate and dev > self.best_dev
+            if improved:
+                self.best_dev, self.best_step = dev, self.step
+                self._write_folder(self.out_dir / "best", "best model", self._write_model)
+            self._log({"step": self.step, "stsb_dev": dev, "best_dev": self.best_dev, "improved": improved})
+            decision = (dev, self.best_dev, self.best_step)
+        dev, self.best_dev, self.best_step = distributed.broadcast_object(decision)
         self.model.train()
-        improved = candidate and dev > self.best_dev
-        if improved:
-            self.best_dev, self.best_step = dev, self.step
-            self._write_folder(self.out_dir / "best", "best model", self._write_model)
-        self._log({"step": self.step, "stsb_dev": dev, "best_dev": self.best_dev, "improved": improved})
         return dev
 
     def _write_folder(self, final: Path, what: str, write: Callable[[Path], None]) -> None:
@@ -431,18 +505,24 @@ class Trainer:
             self.tokenizer.save_pretrained(sub)
 
     def _save_checkpoint(self) -> None:
-        self._write_folder(self.out_dir / "checkpoint", "checkpoint", self._write_checkpoint)
+        self._rng_states = distributed.gather_objects(_rng_state(self.device))  # every rank's, for an exact resume
+        if distributed.is_main():
+            self._write_folder(self.out_dir / "checkpoint", "checkpoint", self._write_checkpoint)
+        distributed.barrier()
 
     def _write_checkpoint(self, folder: Path) -> None:
         from safetensors.torch import save_file
 
         save_file({k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()},
                   str(folder / "model.safetensors"))
+        if self.head is not None:  # the train-only MLP: resumed with the run, never saved with the tower
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()},
+                      str(folder / "head.safetensors"))
         torch.save({
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": _rng_state(self.device),
+            "rng": self._rng_states,  # one per rank
             "direction_gen": self.direction_gen.get_state(),
             "step": self.step, "epoch": self.epoch, "index": self.index,
             "best_dev": self.best_dev, "best_step": self.best_step,
@@ -460,11 +540,13 @@ class Trainer:
             ckpt = old
         try:
             self.model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(self.device)))
+            if self.head is not None:
+                self.head.load_state_dict(load_file(str(ckpt / "head.safetensors"), device=str(self.device)))
             state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True)
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
-            _set_rng_state(state["rng"], self.device)
+            _set_rng_state(state["rng"][self.rank], self.device)
             self.direction_gen.set_state(state["direction_gen"])
             self.step, self.epoch, self.index = state["step"], state["epoch"], state["index"]
             self.best_dev, self.best_step = state["best_dev"], state["best_step"]
@@ -473,10 +555,12 @@ class Trainer:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
             raise ConfigError(f"the checkpoint in {ckpt} is damaged ({type(e).__name__}: {first})",
                               "pass --restart to move this run aside and train from step 0") from None
-        self._trim_metrics(self.step)
-        best, old = self.out_dir / "best", self.out_dir / "best.old"
-        if not best.exists() and old.exists():  # killed between the two renames of a best-model swap
-            old.rename(best)
+        if distributed.is_main():  # one process tidies the folder
+            self._trim_metrics(self.step)
+            best, old = self.out_dir / "best", self.out_dir / "best.old"
+            if not best.exists() and old.exists():  # killed between the two renames of a best-model swap
+                old.rename(best)
+        distributed.barrier()
         return True
 
     def _trim_metrics(self, step: int) -> None:
@@ -488,8 +572,71 @@ class Trainer:
             write_text(path, "".join(json.dumps(r) + "\n" for r in records if r.get("step", math.inf) <= step))
 
     def _log(self, record: dict) -> None:
+        if not distributed.is_main():
+            return
         with open(self.out_dir / "metrics.jsonl", "a", encoding="utf8") as f:
             f.write(json.dumps(record) + "\n")
+
+    def _loop(self) -> None:
+        """The training loop: optimizer steps, logging, STS-B dev selection and checkpoints until total_steps."""
+        cfg = self.config
+        self.model.train()
+        bar = progress_bar(total=self.total_steps, initial=self.step, desc=self.stage, unit="step",
+                           disable=not self.progress, dynamic_ncols=True)
+        sums: dict[str, torch.Tensor] = {}
+        n_logged, n_skipped, last_loss = 0, None, "-"
+        while self.step < self.total_steps:
+            batches = []
+            for _ in range(cfg.grad_accum):
+                if self.index >= self.steps_per_epoch:
+                    self.epoch, self.index = self.epoch + 1, 0
+                batches.append(self.batch(self.epoch, self.index))
+                self.index += 1
+            terms = self.train_step(batches)
+            skipped = terms.pop("overflow_skipped", None)  # fp16 only: a step the scaler skipped is not averaged
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0) + (value if skipped is None else torch.where(skipped > 0, 0.0, value))
+            if skipped is not None:
+                n_skipped = skipped if n_skipped is None else n_skipped + skipped
+            self.step += 1
+            n_logged += 1
+            bar.update(1)
+
+            if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                last_loss = self._log_window(sums, n_logged, n_skipped) or last_loss
+                bar.set_postfix(loss=last_loss, best_dev=_shown(self.best_dev))
+                sums, n_logged, n_skipped = {}, 0, None
+
+            if self.step % cfg.eval_every == 0 or self.step == self.total_steps:
+                dev = self._evaluate()
+                bar.set_postfix(loss=last_loss, dev=f"{dev:.2f}", best_dev=_shown(self.best_dev))
+
+            if self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps:
+                self._save_checkpoint()
+        bar.close()
+
+    def _log_window(self, sums: dict, n_logged: int, n_skipped) -> str | None:
+        """Write the mean of each term over the window's steps (one host sync); stop on a non-finite loss, or when
+        fp16 overflowed on every step even at a small loss scale. Returns the loss for the progress bar."""
+        skipped = 0 if n_skipped is None else int(n_skipped)
+        kept = n_logged - skipped
+        # the global batch's means: each rank's terms are its local means, and the local batches are equal
+        means = distributed.mean(torch.stack(list(sums.values())).div(kept)) if kept else None
+        values = dict(zip(sums, means.tolist())) if kept else {}
+        where = (f"the last good checkpoint is in {self.out_dir / 'checkpoint'} and the best model in "
+                 f"{self.out_dir / 'best'}")
+        if not all(math.isfinite(v) for v in values.values()):
+            bad = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
+            raise TrainingDiverged(f"the loss is not finite at step {self.step} ({bad}); {where}",
+                                   "lower the learning rate, or use precision=fp32 / bf16 instead of fp16")
+        if not kept and self.scaler.get_scale() < 1.0:
+            raise TrainingDiverged(f"every fp16 step up to {self.step} overflowed, down to a loss scale below 1; "
+                                   f"{where}", "use precision=bf16 or fp32, or lower the learning rate")
+        record = {"step": self.step, "epoch": self.epoch, **values}
+        if n_skipped is not None:
+            record["overflow_skipped"] = skipped
+        self._log({**record, "lr": self.scheduler.get_last_lr()[0], "seconds": round(self.elapsed(), 2)})
+        return f"{values['loss']:.4f}" if "loss" in values else None
 
     def _record_start(self, resumed: bool) -> None:
         """Write run.json: this run's identity (what a resume must match) and, per start, when and what grew."""
@@ -511,70 +658,37 @@ class Trainer:
         self._start = time.perf_counter()
         resumed = self._load_checkpoint()
         if not resumed:
-            torch.manual_seed(self.seed)
-            (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)  # lines of a run killed before its checkpoint
+            torch.manual_seed(self.seed + RANK_SEED_STRIDE * self.rank)  # each rank its own dropout masks
+            if distributed.is_main():  # lines of a run killed before its first checkpoint
+                (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
         if resumed and self.step >= self.total_steps and (self.out_dir / "result.json").is_file():
             done = read_json(self.out_dir / "result.json", "result", "pass --restart to train it again", ConfigError)
             tqdm.write(f"[{self.stage}] {self.out_dir} is complete already (step {self.step}): nothing to do")
             return TrainResult(self.stage, self.out_dir, self.out_dir / "best", done["best_step"],
                                done["best_stsb_dev"], done["steps"], done["wall_seconds"])
-        self._record_start(resumed)
-        if self.n_truncated:
+        if distributed.is_main():
+            self._record_start(resumed)
+        if self.n_truncated and distributed.is_main():
             tqdm.write(f"[{self.stage}] {self.n_truncated} of {len(self.corpus)} training sentences are longer "
                        f"than max_length={cfg.max_length} tokens and were truncated")
-        if resumed:
-            tqdm.write(f"[{self.stage}] resuming from step {self.step} of {self.total_steps}")
-        else:  # the starting point, for the curves; not a candidate (the official code selects trained steps)
+        if not resumed:  # the starting point, for the curves; not a candidate (the official code selects trained steps)
             self._evaluate(candidate=False)
+        elif distributed.is_main():
+            tqdm.write(f"[{self.stage}] resuming from step {self.step} of {self.total_steps}")
 
-        self.model.train()
-        bar = progress_bar(total=self.total_steps, initial=self.step, desc=self.stage, unit="step",
-                           disable=not self.progress, dynamic_ncols=True)
-        sums: dict[str, torch.Tensor] = {}
-        n_logged, last_loss = 0, "-"
-        while self.step < self.total_steps:
-            batches = []
-            for _ in range(cfg.grad_accum):
-                if self.index >= self.steps_per_epoch:
-                    self.epoch, self.index = self.epoch + 1, 0
-                batches.append(self.batch(self.epoch, self.index))
-                self.index += 1
-            for name, value in self.train_step(batches).items():
-                sums[name] = sums.get(name, 0) + value
-            self.step += 1
-            n_logged += 1
-            bar.update(1)
-
-            if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                values = dict(zip(sums, torch.stack(list(sums.values())).div(n_logged).tolist()))  # one sync
-                if not all(math.isfinite(v) for v in values.values()):
-                    bad = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
-                    raise TrainingDiverged(
-                        f"the loss is not finite at step {self.step} ({bad}); the last good checkpoint is in "
-                        f"{self.out_dir / 'checkpoint'} and the best model in {self.out_dir / 'best'}",
-                        "lower the learning rate, or use precision=fp32 / bf16 instead of fp16")
-                self._log({"step": self.step, "epoch": self.epoch, **values,
-                           "lr": self.scheduler.get_last_lr()[0], "seconds": round(self.elapsed(), 2)})
-                last_loss = f"{values['loss']:.4f}"
-                bar.set_postfix(loss=last_loss, best_dev=_shown(self.best_dev))
-                sums, n_logged = {}, 0
-
-            if self.step % cfg.eval_every == 0 or self.step == self.total_steps:
-                dev = self._evaluate()
-                bar.set_postfix(loss=last_loss, dev=f"{dev:.2f}", best_dev=_shown(self.best_dev))
-
-            if self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps:
-                self._save_checkpoint()
-        bar.close()
+        with self._numerics():
+            self._loop()
 
         result = TrainResult(self.stage, self.out_dir, self.out_dir / "best", self.best_step, self.best_dev,
                              self.step, self.elapsed())
-        write_json(self.out_dir / "result.json", {
-            "stage": self.stage, "best_step": self.best_step, "best_stsb_dev": self.best_dev,
-            "steps": self.step, "total_steps": self.total_steps, "wall_seconds": round(result.wall_seconds, 1),
-            "train_sentences": len(self.corpus), "truncated_sentences": self.n_truncated,
-            "config": cfg.to_dict(), **provenance(self.device),
-        })
+        if distributed.is_main():
+            write_json(self.out_dir / "result.json", {
+                "stage": self.stage, "best_step": self.best_step, "best_stsb_dev": self.best_dev,
+                "steps": self.step, "total_steps": self.total_steps, "wall_seconds": round(result.wall_seconds, 1),
+                "train_sentences": len(self.corpus), "truncated_sentences": self.n_truncated,
+                "world_size": self.world, "config": cfg.to_dict(), **provenance(self.device),
+            })
+        distributed.barrier()
         return result
 
 

@@ -10,15 +10,16 @@ def test_profiles_load_and_validate():
         cfg = load_profile(name)
         assert cfg.profile == name
     paper = load_profile("paper")
-    assert (paper.backbone, paper.batch_size, paper.max_length, paper.lr_joint, paper.cross_attention_layers) == \
+    jtcse = paper.for_stage("jtcse")
+    assert (paper.backbone, paper.batch_size, paper.max_length, jtcse.lr, paper.cross_attention_layers) == \
         ("bert-base-uncased", 64, 64, 1.3e-6, 6)
 
 
 def test_overrides_are_parsed_as_yaml():
-    cfg = load_profile("smoke", ["batch_size=8", "cross_attention_layers=[0, 2]", "dropout=null", "lr_joint=2e-5",
+    cfg = load_profile("smoke", ["batch_size=8", "cross_attention_layers=[0, 2]", "dropout=null", "jtcse.lr=2e-5",
                                  "modulus_variant=paper"])
     assert cfg.batch_size == 8 and cfg.cross_attention_layers == [0, 2] and cfg.dropout is None
-    assert cfg.lr_joint == 2e-5 and cfg.modulus_variant == "paper"
+    assert cfg.for_stage('jtcse').lr == 2e-5 and cfg.modulus_variant == "paper"
     assert with_overrides(cfg, {"w_modulus": 0}).w_modulus == 0.0
     assert load_profile("smoke", ["ablations=all"]).ablations == "all"
     assert load_profile("smoke", ["ablations=[reference, tncse]"]).ablations == ["reference", "tncse"]
@@ -30,7 +31,7 @@ def test_unknown_profile_lists_the_known_ones():
 
 
 def test_unknown_key_is_named():
-    with pytest.raises(ConfigError, match=r"unknown config key\(s\) batchsize"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'batchsize'"):
         load_profile("smoke", ["batchsize=3"])
     with pytest.raises(ConfigError, match="is not key=value"):
         load_profile("smoke", ["batch_size"])
@@ -38,11 +39,12 @@ def test_unknown_key_is_named():
 
 @pytest.mark.parametrize("override, message", [
     ("batch_size=0", "'batch_size': must be a positive integer"),
-    ("lr_joint=-1", "'lr_joint': must be a positive finite number"),
+    ("lr=-1", "'lr': must be a positive finite number"),
+    ("jtcse.lr=-1", "'lr': must be a positive finite number"),
     ("w_modulus=-0.5", "'w_modulus': must be a finite number >= 0"),
     ("batch_size=1", "'batch_size': must be 2 or more .*contrastive loss has no negative"),
-    ("lr_joint=.nan", "'lr_joint': must be a positive finite number, got nan"),
-    ("lr_simcse_a=.inf", "'lr_simcse_a': must be a positive finite number, got inf"),
+    ("lr=.nan", "'lr': must be a positive finite number, got nan"),
+    ("simcse_a.lr=.inf", "'lr': must be a positive finite number, got inf"),
     ("temperature=0", "'temperature': must be a positive finite number"),
     ("w_nce=.nan", "'w_nce': must be a finite number >= 0"),
     ("dropout=.nan", "'dropout': must be in"),
@@ -80,11 +82,37 @@ def test_every_config_key_is_keyed_by_the_stages_that_read_it_or_listed_as_unkey
 
 
 def test_coercion_follows_the_type_hints():
-    cfg = load_profile("smoke", ["lr_joint=2e-5", "dropout=0", "max_steps=5.0", "cross_attention_layers=[1,3]",
+    cfg = load_profile("smoke", ["lr=2e-5", "dropout=0", "max_steps=5.0", "cross_attention_layers=[1,3]",
                                  "ablations=[reference,tncse]", "backbone=1e-5", "corpus_limit=null"])
-    assert cfg.lr_joint == 2e-5 and isinstance(cfg.lr_joint, float)  # YAML 1.1 reads 2e-5 as a string
+    assert cfg.lr == 2e-5 and isinstance(cfg.lr, float)  # YAML 1.1 reads 2e-5 as a string
     assert cfg.dropout == 0.0 and isinstance(cfg.dropout, float)
     assert cfg.max_steps == 5 and isinstance(cfg.max_steps, int)
     assert cfg.cross_attention_layers == [1, 3] and cfg.ablations == ["reference", "tncse"]
     assert cfg.backbone == "1e-5"  # a plain string field is never parsed
     assert cfg.corpus_limit is None
+
+
+def test_per_stage_sections_override_the_profile_for_their_stage_only():
+    cfg = load_profile("smoke", ["lr=1e-5", "jtcse.lr=2e-5", "tncse={dropout: 0.2, max_length: 16}"])
+    assert cfg.for_stage("jtcse").lr == 2e-5 and cfg.for_stage("tncse").lr == 1e-5
+    assert cfg.for_stage("tncse").dropout == 0.2 and cfg.for_stage("tncse").max_length == 16
+    assert cfg.for_stage("jtcse").max_length == 32 and cfg.for_stage("jtcse").dropout is None
+    merged = load_profile("smoke", ["tncse.dropout=0.3", "tncse.lr=3e-6"]).tncse
+    assert merged["dropout"] == 0.3 and merged["lr"] == 3e-6 and "lr" in load_profile("smoke").tncse  # merged
+    with pytest.raises(ConfigError, match="cannot set seed per stage"):
+        load_profile("smoke", ["jtcse.seed=3"])
+    with pytest.raises(ConfigError, match="unknown stage 'stage3'"):
+        load_profile("smoke", ["stage3.lr=1e-5"])
+    with pytest.raises(ConfigError, match="'dropout': must be in"):
+        load_profile("smoke", ["tncse.dropout=1.5"])
+
+
+def test_the_paper_profiles_are_the_papers_recipe():
+    paper = load_profile("paper")
+    tncse, jtcse, a = paper.for_stage("tncse"), paper.for_stage("jtcse"), paper.for_stage("simcse_a")
+    assert (tncse.lr, tncse.dropout) == (1e-6, 0.00025)
+    assert (jtcse.lr, jtcse.weight_decay, jtcse.cross_attention_layers, jtcse.max_length) == (1.3e-6, 0.01, 6, 64)
+    assert (a.scheduler, a.max_grad_norm, a.train_mlp_head, a.max_length, a.lr) == ("linear", 1.0, True, 32, 1.5e-5)
+    assert paper.precision == "fp32" and paper.for_stage("simcse_b").lr == 2e-5
+    roberta = load_profile("paper-roberta")
+    assert (roberta.backbone, roberta.batch_size, roberta.for_stage("jtcse").lr) == ("roberta-base", 256, 1e-6)

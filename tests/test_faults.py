@@ -45,9 +45,9 @@ def test_a_changed_setting_on_a_finished_run_is_refused_and_nothing_changes(cfg,
     out = tmp_path / "run"
     train(cfg, out, real_data)
     before = digests(out)
-    with pytest.raises(JtcseError, match=r"holds a simcse_a run with other settings \(settings.lr_simcse_a: "
+    with pytest.raises(JtcseError, match=r"holds a simcse_a run with other settings \(settings.lr: "
                                          r"3e-05 -> 0.0001\).*--restart"):
-        train(cfg.replace(lr_simcse_a=1e-4), out, real_data)
+        train(cfg.replace(lr=1e-4), out, real_data)
     with pytest.raises(JtcseError, match="holds a simcse_a run with other settings .*stage: 'simcse_a' -> 'simcse_b'"):
         train(cfg, out, real_data, stage="simcse_b")
     assert digests(out) == before
@@ -94,10 +94,10 @@ def test_restart_moves_the_old_run_aside_and_trains_afresh(cfg, tmp_path, real_d
     out = tmp_path / "run"
     train(cfg, out, real_data)
     old = digests(out)
-    train(cfg.replace(lr_simcse_a=1e-4), out, real_data, restart=True)
+    train(cfg.replace(lr=1e-4), out, real_data, restart=True)
     aside = list(tmp_path.glob("run.old-*"))
     assert len(aside) == 1 and digests(aside[0]) == old  # the old run, byte for byte, beside the new
-    assert json.loads((out / "run.json").read_text())["settings"]["lr_simcse_a"] == 1e-4
+    assert json.loads((out / "run.json").read_text())["settings"]["lr"] == 1e-4
 
 
 def test_a_folder_of_something_else_is_refused(cfg, tmp_path, real_data):
@@ -140,7 +140,7 @@ def test_a_half_written_last_metrics_line_is_dropped_on_resume(cfg, tmp_path, re
 @pytest.mark.parametrize("args, message", [
     (["--set", "batch_size=1"], "'batch_size': must be 2 or more"),
     (["--set", "max_length=1"], "max_length=1 leaves no room for a word: this tokenizer adds 2 special tokens"),
-    (["--set", "lr_simcse_a=.nan"], "'lr_simcse_a': must be a positive finite number"),
+    (["--set", "simcse_a.lr=.nan"], "'lr': must be a positive finite number"),
     (["--device", "cuda:7"], "--device cuda:7 is not on this machine"),
     (["--device", "tpu"], "--device 'tpu' is not a device name|only cpu and cuda"),
 ])

@@ -496,6 +496,7 @@ def test_losses_run_on_meta_tensors_so_nothing_reads_values_on_the_host():
         ref_official_ltn(*(torch.empty(2, 3, device="meta") for _ in range(8)))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_tensor_modulus_official_no_sync_on_cuda():
     x = [torch.randn(64, 32, device="cuda", requires_grad=True) for _ in range(4)]

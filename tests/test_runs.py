@@ -24,8 +24,8 @@ def test_keys_follow_dependencies(cfg):
         assert runs.stage_key(cfg, stage) == runs.stage_key(ablated, stage)  # stage 1 is reused
     assert runs.stage_key(cfg, "jtcse") != runs.stage_key(ablated, "jtcse")
     assert runs.stage_key(cfg, "distill") != runs.stage_key(ablated, "distill")  # its teacher changed
-    assert runs.stage_key(cfg, "simcse_a") != runs.stage_key(cfg.replace(lr_simcse_a=1e-4), "simcse_a")
-    assert runs.stage_key(cfg, "simcse_b") == runs.stage_key(cfg.replace(lr_simcse_a=1e-4), "simcse_b")
+    assert runs.stage_key(cfg, "simcse_a") != runs.stage_key(cfg.replace(simcse_a={"lr": 1e-4}), "simcse_a")
+    assert runs.stage_key(cfg, "simcse_b") == runs.stage_key(cfg.replace(simcse_a={"lr": 1e-4}), "simcse_b")
     assert runs.stage_key(cfg, "tncse") == runs.stage_key(cfg.replace(cross_attention_layers=2), "tncse")
     assert runs.stage_key(cfg, "simcse_a") != runs.stage_key(cfg.replace(seed=7), "simcse_a")
     assert runs.stage_key(cfg, "jtcse") == runs.stage_key(cfg.replace(test_pairs=50, seeds=[1, 2]), "jtcse")

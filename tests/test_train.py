@@ -1,6 +1,7 @@
 """The training loop on a tiny random BERT (fast) with the real corpus and STS-B dev."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -144,6 +145,80 @@ def test_distill_from_a_twin(cfg, tmp_path, real_data):
     assert (tmp_path / "d" / "best" / "model.safetensors").is_file()
 
 
-def test_cpu_rejects_mixed_precision(cfg, tmp_path):
-    with pytest.raises(ConfigError, match="for CUDA only"):
-        Trainer(cfg.replace(precision="bf16"), "simcse_a", tmp_path, device="cpu")
+# ---------------------------------------------------------------- issue 14: recipes and numerics
+
+def test_the_train_only_mlp_head_changes_the_loss_but_not_the_saved_tower(cfg, tmp_path, real_data):
+    from transformers import AutoModel
+
+    plain = run(cfg.replace(max_steps=2, eval_every=2), "simcse_a", tmp_path / "plain", data_dir=real_data)
+    headed = run(cfg.replace(max_steps=2, eval_every=2, train_mlp_head=True), "simcse_a", tmp_path / "mlp",
+                 data_dir=real_data)
+    loss = [[r["loss"] for r in metrics(tmp_path / d) if "loss" in r] for d in ("plain", "mlp")]
+    assert loss[0] != loss[1]  # the loss sees MLP([CLS])
+    model, info = AutoModel.from_pretrained(headed.best_dir, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]  # the tower alone, as SimCSE's test time
+    assert set(load_file(str(headed.best_dir / "model.safetensors"))) == \
+        set(load_file(str(plain.best_dir / "model.safetensors")))
+    assert (tmp_path / "mlp" / "checkpoint" / "head.safetensors").is_file()  # resumable with the head
+
+
+def test_clipping_and_linear_decay_follow_the_config(cfg, tmp_path, real_data, monkeypatch):
+    real_clip, norms = torch.nn.utils.clip_grad_norm_, []
+
+    def spy(params, max_norm, *args, **kwargs):
+        params = list(params)
+        real_clip(params, max_norm, *args, **kwargs)
+        grads = [p.grad.norm() for p in params if p.grad is not None]  # the pooler has none in a simcse stage
+        norms.append(torch.linalg.vector_norm(torch.stack(grads)).item())
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    run(cfg.replace(max_steps=4, scheduler="linear", max_grad_norm=0.01), "simcse_a", tmp_path / "clip",
+        data_dir=real_data)
+    assert len(norms) == 4 and max(norms) <= 0.01 * (1 + 1e-5)  # every step, the global norm clipped to 0.01
+    lrs = [r["lr"] for r in metrics(tmp_path / "clip") if "loss" in r]
+    assert lrs == pytest.approx([cfg.lr * f for f in (0.75, 0.5, 0.25, 0.0)])  # after each step, decayed to 0
+    run(cfg.replace(max_steps=2), "simcse_a", tmp_path / "free", data_dir=real_data)
+    assert len(norms) == 4  # max_grad_norm null: no clipping
+
+
+def test_a_forced_fp16_overflow_is_skipped_and_counted_not_fatal(cfg, tmp_path, real_data, monkeypatch):
+    real_objective = train_mod.simcse_objective
+    calls = {"n": 0}
+
+    def overflow_once(*args, **kwargs):
+        calls["n"] += 1
+        loss, terms = real_objective(*args, **kwargs)
+        return (loss * float("inf"), terms) if calls["n"] == 2 else (loss, terms)
+
+    monkeypatch.setattr(train_mod, "simcse_objective", overflow_once)
+    result = run(cfg.replace(precision="fp16", max_steps=4), "simcse_a", tmp_path / "fp16", data_dir=real_data)
+    rows = [r for r in metrics(tmp_path / "fp16") if "step" in r and "overflow_skipped" in r]
+    assert [r["overflow_skipped"] for r in rows] == [0, 1, 0, 0] and result.steps == 4
+    assert "loss" not in rows[1]  # a window of one skipped step has no average to log
+
+
+def test_tf32_and_determinism_are_scoped_to_training(cfg, tmp_path, real_data):
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+              torch.are_deterministic_algorithms_enabled())
+    trainer = Trainer(cfg.replace(max_steps=1, eval_every=1, deterministic=True), "simcse_a", tmp_path / "d",
+                      data_dir=real_data, progress=False)
+    seen = {}
+    real_step = trainer.train_step
+
+    def spy(batches):
+        seen["deterministic"] = torch.are_deterministic_algorithms_enabled()
+        return real_step(batches)
+
+    trainer.train_step = spy
+    trainer.run()
+    assert seen["deterministic"] is True
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+            torch.are_deterministic_algorithms_enabled()) == before
+
+
+def test_bf16_autocast_runs_the_same_code_on_cpu(cfg, tmp_path, real_data):
+    result = run(cfg.replace(precision="bf16", max_steps=2, eval_every=2), "jtcse", tmp_path / "bf16",
+                 data_dir=real_data)
+    rows = [r for r in metrics(tmp_path / "bf16") if "loss" in r]
+    assert result.steps == 2 and all(math.isfinite(r["loss"]) for r in rows)
+    assert "overflow_skipped" not in rows[0]  # bf16 needs no loss scaler

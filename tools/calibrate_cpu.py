@@ -57,14 +57,14 @@ def main() -> int:
         print(table.to_string(index=False), flush=True)
 
     for lr in LR_STAGE1:
-        train(base.replace(lr_simcse_a=lr), "simcse_a", lr)
+        train(base.replace(lr=lr), "simcse_a", lr)
     ranked = sorted((r for r in rows if r["stage"] == "simcse_a"), key=lambda r: -r["best_stsb_dev"])
     lr_a, lr_b = ranked[0]["lr"], ranked[1]["lr"]
-    print(f"stage 1: lr_simcse_a={lr_a:g} (best), lr_simcse_b={lr_b:g} (runner-up)", flush=True)
-    base = base.replace(lr_simcse_a=lr_a, lr_simcse_b=lr_b)
+    print(f"stage 1: simcse_a lr={lr_a:g} (best), simcse_b lr={lr_b:g} (runner-up)", flush=True)
+    base = base.replace(lr=lr_a, simcse_b={"lr": lr_b})
     train(base, "simcse_b", lr_b)
     for lr in LR_STAGE2:
-        train(base.replace(lr_joint=lr), "jtcse", lr)
+        train(base.replace(jtcse={"lr": lr}), "jtcse", lr)
     Path(args.out).with_suffix(".meta.json").write_text(
         pd.Series({"fixed": FIXED, **provenance()}).to_json(indent=2) + "\n")
     return 0
