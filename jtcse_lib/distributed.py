@@ -1,0 +1,121 @@
+"""Training on several devices with torch.distributed: set-up from torchrun's environment, and the gathers a
+contrastive loss needs. In one process every function here is a no-op, so the single-device code path is the same.
+
+Why a gather *with* gradient: an in-batch contrastive loss scores each anchor against every candidate of the
+batch. With DDP each rank holds 1/W of the global batch; to score its anchors against all candidates it gathers
+them from every rank (`gather`), computes its anchors' mean loss, and backpropagates through the gather, whose
+backward sends each rank's gradient to the rank that owns the row. DDP then averages the ranks' parameter gradients:
+
+    (1/W) sum_r d mean_r / d theta  =  d [(1/W) sum_r mean_r] / d theta  =  d mean_global / d theta
+
+(equal local batches), the gradient of the single-device loss on the global batch. `torch.distributed.nn.
+functional.all_gather` is the gather whose backward does this; a gather without gradient (accelerate's `gather`)
+would drop the other ranks' share of each row's gradient.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from .errors import ConfigError
+
+# rank 0 scores STS-B dev and saves models while the others wait at a barrier: minutes for BERT-base
+TIMEOUT = timedelta(minutes=60)
+
+
+def launched() -> bool:
+    """Whether this process was started by torchrun with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(device: torch.device | None = None) -> torch.device:
+    """Join the process group torchrun describes (NCCL on CUDA, gloo on CPU); returns this rank's device (its
+    LOCAL_RANK-th GPU on CUDA). A single process returns `device` unchanged and starts nothing."""
+    if not launched():
+        return device if device is not None else torch.device("cpu")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = (device is None or device.type == "cuda") and torch.cuda.is_available()
+    if cuda:
+        if local >= torch.cuda.device_count():
+            raise ConfigError(f"local rank {local} has no GPU ({torch.cuda.device_count()} visible)",
+                              "start at most as many processes per node as GPUs (--nproc)")
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
+    return torch.device("cuda", local) if cuda else torch.device("cpu")
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """The rows of every rank, in rank order, with gradient: (n, H) -> (W n, H); x itself in one process."""
+    if not active():
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x.contiguous()), dim=0)
+
+
+@torch.no_grad()
+def gather_constant(x: torch.Tensor) -> torch.Tensor:
+    """The rows of every rank, without gradient (a frozen teacher's vectors): (n, H) -> (W n, H)."""
+    if not active():
+        return x
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def mean(x: torch.Tensor) -> torch.Tensor:
+    """The mean of a tensor over the ranks (for logging: the global batch's loss)."""
+    if not active():
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x / world_size()
+
+
+def broadcast_object(obj):
+    """Rank 0's `obj` on every rank (e.g. whether the dev score improved)."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(obj) -> list:
+    """Every rank's `obj`, in rank order, on every rank (e.g. each rank's RNG state for the checkpoint)."""
+    if not active():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
