@@ -11,3 +11,13 @@ def load_twin(path, device=None):
     from .evaluate import load_twin as _load_twin
 
     return _load_twin(path, device=device)
+
+
+def mteb_model(path, pooling: str = "cls", **kwargs):
+    """An object MTEB's `evaluate` accepts for a twin, a tower or a backbone with a pooling (needs `.[mteb]`).
+
+    An alias of `jtcse_lib.mteb_adapter.mteb_model`, imported lazily.
+    """
+    from .mteb_adapter import mteb_model as _mteb_model
+
+    return _mteb_model(path, pooling, **kwargs)

@@ -186,6 +186,18 @@ def cmd_pipeline(args) -> int:
     return 0
 
 
+def cmd_mteb(args) -> int:
+    from .mteb_adapter import main_scores, run_mteb
+
+    result = run_mteb(args.model, args.tasks, args.pooling, args.out, batch_size=args.batch_size,
+                      max_length=args.max_length, device=args.device, languages=args.languages,
+                      overwrite=args.overwrite)
+    for task, score in main_scores(result).items():
+        print(f"{task}: {score:.2f}")
+    print(f"MTEB result files under {Path(args.out) / 'results'}")
+    return 0
+
+
 def cmd_config(args) -> int:
     from .config import STAGES, load_profile
 
@@ -303,10 +315,23 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="override config keys")
     pl.set_defaults(func=cmd_pipeline)
 
+    mt = sub.add_parser("mteb", help="MTEB tasks for a twin, a tower or a backbone (needs .[mteb] and the Hub)")
+    mt.add_argument("--model", required=True, help="as for evaluate: a twin/tower/run folder, minilm or a Hub id")
+    mt.add_argument("--tasks", nargs="+", required=True, help="MTEB task or benchmark names, e.g. STS22.v2")
+    mt.add_argument("--pooling", choices=POOLINGS, default="cls")
+    mt.add_argument("--batch-size", type=_int_at_least(1), default=128)
+    mt.add_argument("--max-length", type=_int_at_least(2), default=None)
+    mt.add_argument("--device", default=None)
+    mt.add_argument("--languages", nargs="+", default=None, help="keep these languages of multilingual tasks")
+    mt.add_argument("--out", default="results/mteb", help="MTEB's result folder (default: results/mteb)")
+    mt.add_argument("--overwrite", action="store_true", help="re-run tasks whose results exist")
+    mt.set_defaults(func=cmd_mteb)
+
     cf = sub.add_parser("config", help="print a profile's resolved settings as JSON (of one stage with --stage)")
     cf.add_argument("--profile", default="smoke")
     cf.add_argument("--stage", choices=STAGES, default=None, help="the settings this stage trains with")
-    cf.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="override config keys (stage.key=v)")
+    cf.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                    help="override config keys (stage.key=value for one stage)")
     cf.set_defaults(func=cmd_config)
 
     pn = sub.add_parser("plan", help="what a profile will train, and its cost, without training")
