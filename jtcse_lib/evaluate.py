@@ -194,6 +194,8 @@ class TaskScore:
     mean: float = float("nan")  # plain mean over sub-sets
     wmean: float = float("nan")  # pair-weighted mean over sub-sets
     ci: tuple[float, float] | None = None
+    pred: np.ndarray | None = None  # (n_pairs,) the cosine of each scored pair, sub-sets concatenated
+    gold: np.ndarray | None = None  # (n_pairs,) its gold score (what paired comparisons resample)
 
 
 def score_task(task: str, subsets: dict[str, PairSet], embed: dict[str, np.ndarray],
@@ -218,6 +220,8 @@ def score_task(task: str, subsets: dict[str, PairSet], embed: dict[str, np.ndarr
         mean=float(rhos.mean()),
         wmean=float((rhos * sizes).sum() / sizes.sum()),
         ci=bootstrap_ci(pred, gold, bootstrap, seed) if bootstrap else None,
+        pred=pred,
+        gold=gold,
     )
 
 
@@ -241,6 +245,10 @@ class STSReport:
             "wmean": {t: s.wmean for t, s in self.tasks.items()},
             "ci95": {t: list(s.ci) for t, s in self.tasks.items() if s.ci is not None},
         }
+
+    def predictions(self) -> dict[str, np.ndarray]:
+        """{"pred_<task>": cosines, "gold_<task>": gold scores} of every task (np.savez-ready)."""
+        return {f"{kind}_{t}": getattr(s, kind) for t, s in self.tasks.items() for kind in ("pred", "gold")}
 
     def table(self) -> str:
         """The seven-task row as a fixed-width text table (Spearman x 100)."""

@@ -138,6 +138,18 @@ def summary(config: RunConfig, stage: str, data_dir=None) -> dict:
     return json.loads((run_dir(config, stage, data_dir) / "result.json").read_text())
 
 
+def _scored(config: RunConfig, stage: str | None, pooling: str, bootstrap: int, data_dir, progress: bool):
+    """(the model to score, the JSON file its cached scores live in; `.npz` beside it holds the per-pair cosines).
+    The backbone's scores live in runs/<profile>/backbone-<key>/, a stage's beside its best model."""
+    if stage is None:
+        key = config_hash(config.to_dict(), ["backbone", "eval_max_length"])
+        model, folder = config.backbone, runs_root() / config.profile / f"backbone-{key}"
+    else:
+        model = trained_model(config, stage, data_dir, progress)
+        folder = model.parent
+    return model, folder / f"sts_{pooling}_{config.test_pairs or 'all'}_{bootstrap}.json"
+
+
 def sts_scores(config: RunConfig, stage: str | None, pooling: str = "cls", bootstrap: int = 1000,
                data_dir=None, progress: bool = True) -> dict:
     """STS test scores (the `evaluate --out` JSON) of a stage's best model, or of the backbone when stage is
@@ -145,16 +157,9 @@ def sts_scores(config: RunConfig, stage: str | None, pooling: str = "cls", boots
     from .evaluate import evaluate_sts, sentence_encoder
     from .provenance import provenance
 
-    if stage is None:
-        key = config_hash(config.to_dict(), ["backbone", "eval_max_length"])
-        folder = runs_root() / config.profile / f"backbone-{key}"
-        model = config.backbone
-    else:
-        model = trained_model(config, stage, data_dir, progress)
-        folder = model.parent
-    cache = folder / f"sts_{pooling}_{config.test_pairs or 'all'}_{bootstrap}.json"
+    model, cache = _scored(config, stage, pooling, bootstrap, data_dir, progress)
     digest = sts_test_digest(data_dir)
-    if cache.is_file():
+    if cache.is_file() and cache.with_suffix(".npz").is_file():
         cached = json.loads(cache.read_text())
         if cached.get("test_data_digest") == digest:  # scores of other test files are recomputed, not reused
             return cached
@@ -164,8 +169,31 @@ def sts_scores(config: RunConfig, stage: str | None, pooling: str = "cls", boots
     result = {"model": str(model), "stage": stage or "backbone", "pooling": pooling, **report.to_dict(),
               "test_pairs_per_subset": config.test_pairs, "test_data_digest": digest, "config": config.to_dict(),
               **provenance()}
+    _write_npz(cache.with_suffix(".npz"), report.predictions())  # per-pair cosines, for paired comparisons
     write_json(cache, result)
     return result
+
+
+def sts_predictions(config: RunConfig, stage: str | None, pooling: str = "cls", bootstrap: int = 1000,
+                    data_dir=None, progress: bool = True) -> tuple[dict, dict]:
+    """({task: per-pair cosines}, {task: gold scores}) of the model `sts_scores` scores (scored first if needed),
+    in the pair order of the test sets: what `jtcse_lib.stats.paired_bootstrap` compares two models on."""
+    import numpy as np
+
+    sts_scores(config, stage, pooling, bootstrap, data_dir, progress)
+    with np.load(_scored(config, stage, pooling, bootstrap, data_dir, progress)[1].with_suffix(".npz")) as f:
+        tasks = [k[5:] for k in f.files if k.startswith("pred_")]
+        return {t: f[f"pred_{t}"] for t in tasks}, {t: f[f"gold_{t}"] for t in tasks}
+
+
+def _write_npz(path: Path, arrays: dict) -> None:
+    """np.savez, atomically (a temporary file beside, then a rename)."""
+    import numpy as np
+
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
 
 
 def copy_run_records(profile: str, dest: Path) -> list[Path]:

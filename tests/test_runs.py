@@ -150,3 +150,13 @@ def test_copy_run_records_takes_the_records_not_the_weights(tmp_path, monkeypatc
     assert sorted(p.name for p in copied) == ["metrics.jsonl", "result.json", "sts_cls_all_1000.json"]
     assert (tmp_path / "out" / "jtcse-abc123" / "result.json").read_text() == "result.json"
     assert not (tmp_path / "out" / "cache").exists()
+
+
+def test_per_pair_predictions_are_kept_beside_the_scores(cfg, real_data):
+    from jtcse_lib.evaluate import spearman100
+
+    scores = runs.sts_scores(cfg, "simcse_a", bootstrap=0, data_dir=real_data, progress=False)
+    pred, gold = runs.sts_predictions(cfg, "simcse_a", bootstrap=0, data_dir=real_data, progress=False)
+    assert list(pred) == list(scores["n_pairs"]) and all(len(pred[t]) == scores["n_pairs"][t] for t in pred)
+    for task in pred:  # the stored cosines give the stored score: what a paired bootstrap resamples
+        assert spearman100(pred[task], gold[task]) == pytest.approx(scores["scores"][task], abs=1e-9)
