@@ -186,6 +186,28 @@ def sts_predictions(config: RunConfig, stage: str | None, pooling: str = "cls", 
         return {t: f[f"pred_{t}"] for t in tasks}, {t: f[f"gold_{t}"] for t in tasks}
 
 
+def compare(config_a: RunConfig, stage_a: str | None, config_b: RunConfig, stage_b: str | None,
+            pooling_a: str = "cls", pooling_b: str = "cls", n_boot: int = 1000, data_dir=None, progress: bool = True):
+    """Model A minus model B on the seven STS test sets, paired: `stats.paired_bootstrap` of their cached per-pair
+    cosines (the same resampled pairs for both; replicate seed 0 for every comparison). A DataFrame, one row per
+    task and "avg"."""
+    from .stats import paired_bootstrap
+
+    pred_a, gold = sts_predictions(config_a, stage_a, pooling_a, data_dir=data_dir, progress=progress)
+    pred_b, gold_b = sts_predictions(config_b, stage_b, pooling_b, data_dir=data_dir, progress=progress)
+    if any(len(gold[t]) != len(gold_b[t]) for t in gold):
+        raise ConfigError("the two models were scored on different test pairs (test_pairs differs)",
+                          "compare models scored under the same test_pairs")
+    return paired_bootstrap(pred_a, pred_b, gold, n_boot=n_boot, seed=0)
+
+
+def better_simcse_tower(config: RunConfig, data_dir=None) -> str:
+    """The stage-1 tower ("simcse_a" or "simcse_b") with the higher STS-B dev score under `config`: the stricter
+    SimCSE baseline, chosen on dev, never on a test set."""
+    dev = {s: summary(config, s, data_dir)["best_stsb_dev"] for s in ("simcse_a", "simcse_b")}
+    return max(dev, key=dev.get)
+
+
 def _write_npz(path: Path, arrays: dict) -> None:
     """np.savez, atomically (a temporary file beside, then a rename)."""
     import numpy as np

@@ -160,3 +160,16 @@ def test_per_pair_predictions_are_kept_beside_the_scores(cfg, real_data):
     assert list(pred) == list(scores["n_pairs"]) and all(len(pred[t]) == scores["n_pairs"][t] for t in pred)
     for task in pred:  # the stored cosines give the stored score: what a paired bootstrap resamples
         assert spearman100(pred[task], gold[task]) == pytest.approx(scores["scores"][task], abs=1e-9)
+
+
+def test_compare_is_the_paired_bootstrap_of_the_cached_predictions(cfg, real_data):
+    table = runs.compare(cfg, "simcse_a", cfg, "simcse_b", n_boot=50, data_dir=real_data, progress=False)
+    a = runs.sts_scores(cfg, "simcse_a", data_dir=real_data)["scores"]
+    b = runs.sts_scores(cfg, "simcse_b", data_dir=real_data)["scores"]
+    rows = table.set_index("task")
+    assert list(rows.index) == [*a][:-1] + ["avg"]
+    for task in a:
+        assert rows.loc[task, "diff"] == pytest.approx(a[task] - b[task], abs=1e-9)
+    same = runs.compare(cfg, "simcse_a", cfg, "simcse_a", n_boot=50, data_dir=real_data, progress=False)
+    assert (same["diff"] == 0).all() and (same["boot_low"] == same["boot_high"]).all()
+    assert runs.better_simcse_tower(cfg, real_data) in ("simcse_a", "simcse_b")
