@@ -6,6 +6,11 @@ BIN       := $(VENV)/bin
 # PyPI's Linux wheel of the same version is the CUDA build. Override with TORCH_SPEC=... if needed.
 TORCH_SPEC ?= torch==2.13.0
 PROFILE   ?= cpu
+SEEDS     ?=
+comma     := ,
+space     := $(subst ,, )
+# SEEDS="42 43 44" runs every seed's models (the committed results/cpu run); the cache keeps what is done
+SEED_SET  := $(if $(strip $(SEEDS)),--set "seeds=[$(subst $(space),$(comma),$(strip $(SEEDS)))]")
 
 .PHONY: setup reproduce test lint figures book lab bench clean
 
@@ -20,11 +25,11 @@ $(VENV)/.installed: pyproject.toml
 
 # The embedded-default job: every notebook, in order, on the cpu profile (shipped MiniLM, Wiki1M subset).
 reproduce: setup
-	$(BIN)/python -m jtcse_lib pipeline --profile $(PROFILE)
+	$(BIN)/python -m jtcse_lib pipeline --profile $(PROFILE) $(SEED_SET)
 
 # Re-run the results and ablation notebooks from the cached runs (regenerates their tables and figures).
 figures: setup
-	$(BIN)/python -m jtcse_lib pipeline --profile $(PROFILE) --only 05 06
+	$(BIN)/python -m jtcse_lib pipeline --profile $(PROFILE) --only 05 06 $(SEED_SET)
 
 # Unit and integration tests, then nbval executes every notebook with its smoke defaults, then the smoke
 # pipeline runs them again through papermill (the run cache is warm by then, so nothing trains twice).

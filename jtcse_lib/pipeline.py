@@ -84,6 +84,11 @@ def run_pipeline(profile: str, start: str | None = None, only: list[str] | None 
 
     load_profile(profile, overrides)  # fail early on an unknown profile or key, before any kernel starts
     kernel_env()
+    from .provenance import git_commit
+
+    if git_commit().endswith("+dirty"):
+        print("warning: the working tree has uncommitted changes; every result file of this run will record the "
+              f"commit as {git_commit()}: commit first for results a reader can trace", file=sys.stderr, flush=True)
     out_dir = Path(out_dir) if out_dir else runs_root() / profile / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     chosen = select(notebooks(notebooks_dir), start, only)

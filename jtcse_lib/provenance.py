@@ -60,10 +60,10 @@ def device_description(device=None) -> str:
     return f"cpu ({torch.get_num_threads()} threads, {platform.machine()})"
 
 
-def provenance(device=None) -> dict:
-    return {
-        "git_commit": git_commit(),
-        "device": device_description(device),
-        "versions": versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+def provenance(device=None, timestamp: bool = True) -> dict:
+    """Commit, device and versions; with `timestamp` also when (result tables leave it out, so that a re-run that
+    changes no number changes no file)."""
+    out = {"git_commit": git_commit(), "device": device_description(device), "versions": versions()}
+    if timestamp:
+        out["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return out

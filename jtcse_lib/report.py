@@ -106,7 +106,7 @@ def write_table(df: pd.DataFrame, profile: str, name: str, config: dict | None =
     folder = results_dir(profile)
     path = folder / f"{name}.csv"
     df.to_csv(path, index=False, float_format="%.6g")  # 6 significant digits: keeps lr 3e-05
-    meta = {"table": path.name, "profile": profile, "config": config, **provenance()}
+    meta = {"table": path.name, "profile": profile, "config": config, **provenance(timestamp=False)}
     (folder / f"{name}.meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return path
 
