@@ -1,4 +1,4 @@
-"""Command line: `python -m jtcse_lib {evaluate,train,export,pipeline,config,plan,download-data} ...`.
+"""Command line: `python -m jtcse_lib {evaluate,transfer,mteb,train,export,pipeline,config,plan,download-data}`.
 
 See `--help` of each command.
 
@@ -186,6 +186,30 @@ def cmd_pipeline(args) -> int:
     return 0
 
 
+def cmd_transfer(args) -> int:
+    from .config import TRANSFER_TASKS
+    from .data import resolve_data_dir
+    from .evaluate import default_device, sentence_encoder
+    from .files import write_json
+    from .provenance import provenance
+    from .transfer import evaluate_transfer
+
+    _check_out_file(args.out)
+    resolve_data_dir(args.data_dir)
+    device = default_device()
+    encoder = sentence_encoder(args.model, args.pooling, args.batch_size, args.max_length, device=device)
+    start = time.perf_counter()
+    report = evaluate_transfer(encoder, args.tasks or list(TRANSFER_TASKS), args.data_dir, kfold=args.kfold,
+                               n_jobs=args.jobs)
+    print(f"{args.model}, pooling={args.pooling}: SentEval transfer tasks, test accuracy (dev or CV accuracy beside)")
+    print(report.table())
+    if args.out:
+        write_json(args.out, {"model": str(args.model), "pooling": args.pooling, **report.to_dict(),
+                              "wall_seconds": round(time.perf_counter() - start, 1), **provenance(device)})
+        print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_mteb(args) -> int:
     from .mteb_adapter import main_scores, run_mteb
 
@@ -258,7 +282,7 @@ def _check_out_file(path: str | None) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import STAGES
+    from .config import STAGES, TRANSFER_TASKS
     from .data import STS_TASKS
     from .evaluate import POOLINGS
 
@@ -314,6 +338,19 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--only", nargs="+", default=None, metavar="NN", help="run only these notebooks")
     pl.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="override config keys")
     pl.set_defaults(func=cmd_pipeline)
+
+    tf = sub.add_parser("transfer", help="SentEval's transfer tasks (MR, CR, SUBJ, MPQA, SST-2, TREC, MRPC)")
+    tf.add_argument("--model", required=True, help="as for evaluate: minilm, a tower/twin/run folder or a Hub id")
+    tf.add_argument("--pooling", choices=POOLINGS, default="cls")
+    tf.add_argument("--tasks", nargs="+", choices=TRANSFER_TASKS, metavar="TASK",
+                    help=f"subset of {' '.join(TRANSFER_TASKS)} (default: all seven)")
+    tf.add_argument("--kfold", type=_int_at_least(2), default=10, help="SentEval's folds (default 10)")
+    tf.add_argument("--jobs", type=_int_at_least(1), default=1, help="processes fitting the classifiers")
+    tf.add_argument("--batch-size", type=_int_at_least(1), default=128)
+    tf.add_argument("--max-length", type=_int_at_least(2), default=None)
+    tf.add_argument("--data-dir", default=None)
+    tf.add_argument("--out", default=None, help="write the result JSON here")
+    tf.set_defaults(func=cmd_transfer)
 
     mt = sub.add_parser("mteb", help="MTEB tasks for a twin, a tower or a backbone (needs .[mteb] and the Hub)")
     mt.add_argument("--model", required=True, help="as for evaluate: a twin/tower/run folder, minilm or a Hub id")

@@ -32,6 +32,7 @@ TWIN_STAGES = ("tncse", "jtcse")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # the ablations notebook 06 knows (`ablations` picks a subset: each retrained variant costs a stage-2 run);
 # jtcse_lib.ablations defines what each one changes
+TRANSFER_TASKS = ("MR", "CR", "SUBJ", "MPQA", "SST2", "TREC", "MRPC")  # SentEval's, as jtcse_lib.transfer runs them
 ABLATIONS = ("reference", "no_modulus", "no_cross_cls", "no_branch", "tncse", "layers", "paper_modulus",
              "pool_mean", "pool_pooler", "distill", "distill_alpha0")
 
@@ -90,6 +91,10 @@ class RunConfig:
     log_every: int = 5
     seeds: list[int] = field(default_factory=lambda: [42])  # seeds of the main models (notebooks 03-05)
     ablations: str | list[str] = "all"  # notebook 06: "all", or a subset of ABLATIONS ("layers": every count)
+    transfer_tasks: str | list[str] = "all"  # notebook 07: "all" (SentEval's seven) or a subset of them
+    transfer_kfold: int = 10  # SentEval's folds (SimCSE's test mode: 10)
+    transfer_jobs: int = 1  # processes fitting the classifiers (the numbers do not depend on it)
+    transfer_limit: int | None = None  # at most N examples per split (smoke only: the scores are then not SentEval's)
 
     # per-stage overrides: any training key (PER_STAGE_KEYS) set again for one stage
     simcse_a: dict[str, Any] = field(default_factory=dict)
@@ -107,7 +112,7 @@ class RunConfig:
                 raise ConfigError(f"config key {key!r}: {problem}", fix)
 
         for key in ("batch_size", "grad_accum", "epochs", "max_length", "eval_every", "checkpoint_every",
-                    "log_every", "eval_batch_size", "nproc"):
+                    "log_every", "eval_batch_size", "nproc", "transfer_jobs"):
             need(isinstance(getattr(self, key), int) and getattr(self, key) >= 1, key,
                  f"must be a positive integer, got {getattr(self, key)!r}", f"set {key}=1 or more")
         # one sentence per batch leaves an in-batch contrastive loss no negative: it is exactly 0 and nothing trains
@@ -151,6 +156,15 @@ class RunConfig:
              "set cross_attention_layers=6 (a divisor of the depth) or [1,3,5]")
         need(isinstance(self.seeds, list) and len(self.seeds) >= 1 and all(isinstance(s, int) for s in self.seeds),
              "seeds", f"must be a non-empty list of integers, got {self.seeds!r}", "set seeds=[42,43,44]")
+        need(self.transfer_limit is None or (isinstance(self.transfer_limit, int) and self.transfer_limit >= 20),
+             "transfer_limit", f"must be 20 or more, or null (all examples), got {self.transfer_limit!r}",
+             "set transfer_limit=null")
+        need(isinstance(self.transfer_kfold, int) and self.transfer_kfold >= 2, "transfer_kfold",
+             f"must be an integer of at least 2, got {self.transfer_kfold!r}", "set transfer_kfold=10")
+        transfer = self.transfer_tasks
+        need(transfer == "all" or (isinstance(transfer, list) and transfer and set(transfer) <= set(TRANSFER_TASKS)),
+             "transfer_tasks", f"must be 'all' or a list of {', '.join(TRANSFER_TASKS)}; got {transfer!r}",
+             "set transfer_tasks=all or e.g. transfer_tasks=[CR,TREC,MRPC]")
         chosen = self.ablations
         need(chosen == "all" or (isinstance(chosen, list) and all(a in ABLATIONS for a in chosen)),
              "ablations", f"must be 'all' or a list of {', '.join(ABLATIONS)}; got {chosen!r}",
@@ -294,6 +308,10 @@ UNKEYED = {
     "eval_batch_size": "encoding batch size: the same scores up to float rounding (padding is masked)",
     "checkpoint_every": "when resumable checkpoints are written; a resumed run equals an uninterrupted one",
     "log_every": "how often loss terms are averaged into metrics.jsonl; the weights do not change",
+    "transfer_tasks": "transfer evaluation only (notebook 07); cached transfer scores are keyed by their settings",
+    "transfer_kfold": "transfer evaluation only; part of the cached transfer scores' file name",
+    "transfer_jobs": "processes fitting the transfer classifiers; the numbers do not depend on it",
+    "transfer_limit": "transfer evaluation only; part of the cached transfer scores' file name",
     **{stage: "per-stage overrides: folded into the keys above by for_stage, so keyed as the values they set"
        for stage in STAGES},
 }
@@ -305,6 +323,17 @@ def stage_settings(config: RunConfig, stage: str) -> dict[str, Any]:
         raise ConfigError(f"unknown stage {stage!r}", f"use one of {', '.join(STAGES)}")
     data = config.for_stage(stage).to_dict()
     return {k: data[k] for k in (*COMMON_KEYS, *STAGE_KEYS[stage])}
+
+
+def stage_table(config: RunConfig, keys: list[str], stages: tuple[str, ...] = STAGES):
+    """The value each stage trains with (`config.for_stage`) of each key: a pandas DataFrame, one row per key, one
+    column per stage ("null" for None), so that a per-stage section shows where it applies."""
+    import pandas as pd
+
+    def shown(value) -> str:
+        return "null" if value is None else str(value)
+
+    return pd.DataFrame({s: {k: shown(getattr(config.for_stage(s), k)) for k in keys} for s in stages})
 
 
 def available_profiles(params_dir: Path = PARAMS_DIR) -> list[str]:

@@ -44,6 +44,11 @@ PAPER_TABLE = pd.DataFrame.from_records([
 ], columns=["model", *COLUMNS]).set_index("model")
 
 
+# docs/paper.md, "Transfer tasks of unsup-SimCSE-BERT-base" (the SimCSE paper, Appendix E, Table E.1; a different
+# backbone, and SentEval's PyTorch classifier: a reference point, not a target).
+SIMCSE_TRANSFER = {"MR": 81.18, "CR": 86.46, "SUBJ": 94.45, "MPQA": 88.88, "SST2": 85.50, "TREC": 89.80,
+                   "MRPC": 74.43, "avg": 85.81}
+
 # docs/paper.md: TNCSE pooling ablation, 7-task STS average (BERT-base).
 PAPER_POOLING = {"cls": 79.58, "mean": 78.19, "pooler": 69.28}
 

@@ -186,6 +186,31 @@ def sts_predictions(config: RunConfig, stage: str | None, pooling: str = "cls", 
         return {t: f[f"pred_{t}"] for t in tasks}, {t: f[f"gold_{t}"] for t in tasks}
 
 
+def transfer_scores(config: RunConfig, stage: str | None, pooling: str = "cls", data_dir=None,
+                    progress: bool = True) -> dict:
+    """SentEval transfer accuracies (`jtcse_lib.transfer`) of a stage's best model, or of the backbone when stage is
+    None, on the config's `transfer_tasks` with `transfer_kfold` folds; computed once and cached beside the model
+    (`transfer_<pooling>_<tasks>_<kfold>_<limit>.json`; the fits use `transfer_jobs` processes)."""
+    from .config import TRANSFER_TASKS
+    from .evaluate import sentence_encoder
+    from .provenance import provenance
+    from .transfer import evaluate_transfer
+
+    tasks = list(TRANSFER_TASKS) if config.transfer_tasks == "all" else list(config.transfer_tasks)
+    model, sts_cache = _scored(config, stage, pooling, 0, data_dir, progress)
+    cache = sts_cache.with_name(f"transfer_{pooling}_{'-'.join(tasks)}_{config.transfer_kfold}_"
+                                f"{config.transfer_limit or 'all'}.json")
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    encoder = sentence_encoder(model, pooling, config.eval_batch_size, config.eval_max_length, progress)
+    report = evaluate_transfer(encoder, tasks, data_dir, kfold=config.transfer_kfold, progress=progress,
+                               n_jobs=config.transfer_jobs, limit=config.transfer_limit)
+    result = {"model": str(model), "stage": stage or "backbone", "pooling": pooling, **report.to_dict(),
+              "config": config.to_dict(), **provenance()}
+    write_json(cache, result)
+    return result
+
+
 def compare(config_a: RunConfig, stage_a: str | None, config_b: RunConfig, stage_b: str | None,
             pooling_a: str = "cls", pooling_b: str = "cls", n_boot: int = 1000, data_dir=None, progress: bool = True):
     """Model A minus model B on the seven STS test sets, paired: `stats.paired_bootstrap` of their cached per-pair
@@ -225,7 +250,7 @@ def copy_run_records(profile: str, dest: Path) -> list[Path]:
     copied = []
     for run in sorted(p for p in (runs_root() / profile).iterdir() if p.is_dir() and "-" in p.name):
         files = [f for f in (run / "result.json", run / "metrics.jsonl") if f.is_file()]
-        files += sorted(run.glob("sts_*.json"))
+        files += sorted(run.glob("sts_*.json")) + sorted(run.glob("transfer_*.json"))
         for f in files:
             target = Path(dest) / run.name / f.name
             target.parent.mkdir(parents=True, exist_ok=True)
