@@ -116,8 +116,10 @@ def run_pipeline(profile: str, start: str | None = None, only: list[str] | None 
         from .provenance import machine, provenance
         from .report import results_dir
 
-        (results_dir(profile) / "pipeline_timings.json").write_text(
-            json.dumps({**record, "machine": machine(), **provenance()}, indent=2) + "\n")
+        complete = {**record, "machine": machine(), **provenance()}
+        (results_dir(profile) / "pipeline_timings.json").write_text(json.dumps(complete, indent=2) + "\n")
+        with open(results_dir(profile) / "pipeline_history.jsonl", "a", encoding="utf8") as f:
+            f.write(json.dumps(complete) + "\n")  # every complete run, e.g. one seed, then the extra seeds
         copy_run_records(profile, results_dir(profile) / "runs")
         if profile == PUBLISHED_PROFILE:
             published = publish(out_dir, [nb.name for nb in chosen])
