@@ -92,18 +92,21 @@ def show_figure(fig, profile: str, name: str) -> Path:
     return path
 
 
-def smoke_banner(config) -> None:
-    """Under the `smoke` profile, display the one warning every notebook gives: the numbers are meaningless."""
+def smoke_banner(config, measures: str | None = None) -> None:
+    """Under the `smoke` profile, display the one warning every notebook gives: the numbers are meaningless.
+    `measures` replaces the sentence about training for a notebook that trains nothing (what it measures on)."""
     if config.profile != "smoke":
         return
     from IPython.display import Markdown, display
 
     cut = f" and every STS test sub-set is cut to its first **{config.test_pairs} pairs**" if config.test_pairs else ""
+    what = (f"It measures {measures}" if measures else
+            f"Each model is trained for **{config.max_steps} steps** on **{config.corpus_limit} sentences**, selected "
+            f"on {config.dev_pairs} STS-B dev pairs{cut}")
     display(Markdown(
-        f"> **⚠️ SMOKE PROFILE: every number in this notebook is meaningless.** Each model is trained for "
-        f"**{config.max_steps} steps** on **{config.corpus_limit} sentences**, selected on {config.dev_pairs} STS-B "
-        f"dev pairs{cut}. The run only shows that the notebook executes end to end; run it with "
-        "`papermill ... -p profile cpu` (or `make reproduce`) for real numbers."))
+        f"> **⚠️ SMOKE PROFILE: every measured number in this notebook is meaningless.** {what}. The run only shows "
+        "that the notebook executes end to end; run it with `papermill ... -p profile cpu` (or `make reproduce`) for "
+        "real numbers."))
 
 
 def write_table(df: pd.DataFrame, profile: str, name: str, config: dict | None = None) -> Path:

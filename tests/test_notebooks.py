@@ -7,10 +7,10 @@ import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 EXPECTED = ["01_modulus_constraint", "02_cross_attention", "03_training", "04_distillation", "05_sts_results",
-            "06_ablations"]
+            "06_ablations", "07_transfer"]
 
 
-def test_the_six_notebooks_exist_in_order():
+def test_the_seven_notebooks_exist_in_order():
     assert [p.stem for p in NOTEBOOKS] == EXPECTED
 
 
