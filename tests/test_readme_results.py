@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from jtcse_lib.report import COLUMNS
+from jtcse_lib.stats import comparison_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,13 +36,29 @@ def _write_results(folder: Path) -> None:
 
 def test_render_reports_mean_sd_and_seedwise_differences(tmp_path):
     _write_results(tmp_path)
+    # per-seed Avg differences JTCSE - SimCSE: +1.0 and -0.5 -> mean +0.25; the t interval over 2 seeds is
+    # 0.25 -/+ t_{0.975,1} * 1.0607 / sqrt(2) = 0.25 -/+ 12.706 * 0.75 = [-9.28, +9.78]
+    diffs = pd.DataFrame({"avg": [1.0, -0.5]}, index=[1, 2])
+    comparison_table({"JTCSE (twin) − SimCSE tower A": diffs}).to_csv(tmp_path / "paired_comparisons.csv", index=False)
     block = _tool().render(tmp_path)
     assert "| SimCSE tower A | 2 | 81.00 ± 1.41 |" in block  # mean 81, sample sd sqrt(2)
     assert "| JTCSE (twin) | 2 | 81.25 ± 0.35 |" in block
-    # JTCSE - SimCSE per seed: +1.0 and -0.5 -> mean +0.25, sd 1.06
-    assert "JTCSE (twin) − SimCSE tower A: **+0.25** Avg points, sd 1.06 over 2 seeds" in block
-    assert "**3 min** for the six notebooks" in block
+    assert ("| JTCSE (twin) − SimCSE tower A | +0.25 | [-9.28, +9.78] | 2 seeds (t) |  | "
+            "not resolved: the interval contains 0 |") in block
+    assert "- the default (one seed): **3 min** for the 2 notebooks" in block
     assert "TNCSE (twin)" not in block.split("**The paper**")[0]  # no row or comparison for an absent model
+
+
+def test_render_lists_each_run_of_the_reported_commit(tmp_path):
+    _write_results(tmp_path)
+    last = json.loads((tmp_path / "pipeline_timings.json").read_text())
+    older = {**last, "git_commit": "fedcba", "total_seconds": 6000.0}  # another commit: not reported
+    seeds = {**last, "overrides": ["seeds=[1,2]"], "total_seconds": 600.0}
+    (tmp_path / "pipeline_history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (older, last, seeds)))
+    block = _tool().render(tmp_path)
+    assert "- the default (one seed): **3 min**" in block
+    assert "- with `--set seeds=[1,2]`: **10 min**" in block
+    assert "**100 min**" not in block
 
 
 def test_readme_block_is_up_to_date_with_committed_results():
