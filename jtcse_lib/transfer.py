@@ -486,7 +486,8 @@ class TransferReport:
 
     def to_dict(self) -> dict:
         return {
-            "protocol": "senteval-transfer (SimCSE --mode test: kfold=10), scikit-learn logistic regression",
+            "protocol": f"senteval-transfer (kfold={self.kfold}; SimCSE's --mode test uses 10, --mode dev 5), "
+                        "scikit-learn logistic regression",
             "kfold": self.kfold,
             "seed": self.seed,
             "classifier": {"model": "sklearn.linear_model.LogisticRegression", "solver_binary": SOLVER_BINARY,

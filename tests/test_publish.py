@@ -85,3 +85,16 @@ def test_errors_unexecuted_cells_and_missing_copies_are_reported(source_and_publ
     assert "01_a.ipynb: code cell 1 holds an error (ValueError)" in problems
     assert "01_a.ipynb: code cell 2 was not executed" in problems
     assert f"{published / '02_b.ipynb'} is missing" in problems
+
+
+def test_the_committed_published_notebooks_are_current():
+    """docs/notebooks/ holds the executed `make reproduce` copies of every notebook: change a code cell of a
+    notebook and this fails until the pipeline publishes it again (README: read without running)."""
+    problems = pipeline.stale_published()
+    assert not problems, "docs/notebooks/ is stale; run `make reproduce` and commit it:\n" + "\n".join(problems)
+
+
+def test_the_published_notebooks_stay_small():
+    """Images are PNG outputs of the figures; the whole folder must stay a light read on GitHub."""
+    sizes = {p.name: p.stat().st_size for p in pipeline.PUBLISHED_DIR.glob("*.ipynb")}
+    assert sizes and sum(sizes.values()) < 12 * 2**20, sizes

@@ -48,7 +48,8 @@ def _paired_rows(paired: pd.DataFrame, names: list[str]) -> pd.DataFrame:
         low, high = _interval(r)
         rows[name] = {"Δ Avg.": f"{r['mean_diff']:+.2f}", "95% interval": f"[{low:+.2f}, {high:+.2f}]",
                       "over": f"{r['n_seeds']} seeds (t)" if r["n_seeds"] > 1 else "test pairs (1 seed)",
-                      "per seed, over test pairs": r["boot_per_seed"] if isinstance(r["boot_per_seed"], str) else "", "verdict": r["verdict"]}
+                      "per seed, over test pairs": r["boot_per_seed"] if isinstance(r["boot_per_seed"], str) else "",
+                      "verdict": r["verdict"]}
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
