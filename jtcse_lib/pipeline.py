@@ -19,6 +19,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 from .errors import JtcseError
 from .progress import TEXT_PROGRESS_ENV
@@ -76,19 +77,26 @@ def run_pipeline(profile: str, start: str | None = None, only: list[str] | None 
     this process's stderr), so a long headless run shows where it is.
     """
     stream = sys.stderr if stream is None else stream
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
     from .config import load_profile
-    from .runs import copy_run_records, runs_root
 
     load_profile(profile, overrides)  # fail early on an unknown profile or key, before any kernel starts
     kernel_env()
-    from .provenance import git_commit
+    from .provenance import PINNED_COMMIT_ENV, git_commit
 
-    if git_commit().endswith("+dirty"):
+    commit = git_commit()
+    if commit.endswith("+dirty"):
         print("warning: the working tree has uncommitted changes; every result file of this run will record the "
-              f"commit as {git_commit()}: commit first for results a reader can trace", file=sys.stderr, flush=True)
+              f"commit as {commit}: commit first for results a reader can trace", file=sys.stderr, flush=True)
+    with mock.patch.dict(os.environ, {PINNED_COMMIT_ENV: commit}):  # the kernels inherit it; restored after
+        return _run_notebooks(profile, start, only, overrides, out_dir, kernel_name, notebooks_dir, stream)
+
+
+def _run_notebooks(profile, start, only, overrides, out_dir, kernel_name, notebooks_dir, stream) -> dict[str, float]:
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    from .runs import copy_run_records, runs_root
+
     out_dir = Path(out_dir) if out_dir else runs_root() / profile / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     chosen = select(notebooks(notebooks_dir), start, only)

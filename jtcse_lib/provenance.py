@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from datetime import datetime, timezone
@@ -11,8 +12,16 @@ from pathlib import Path
 _PACKAGES = ("torch", "transformers", "sentence-transformers", "numpy", "scipy", "scikit-learn", "jtcse_lib")
 
 
+# A pipeline pins here the commit it started from: the result files its notebooks rewrite along the way would
+# otherwise mark the tree dirty for every later notebook.
+PINNED_COMMIT_ENV = "JTCSE_GIT_COMMIT"
+
+
 def git_commit(repo: Path | None = None) -> str:
-    """The HEAD commit of the repository holding this package, with '+dirty' if the tree has changes."""
+    """The HEAD commit of the repository holding this package, with '+dirty' if the tree has changes
+    ($JTCSE_GIT_COMMIT instead, when a pipeline has pinned it)."""
+    if os.environ.get(PINNED_COMMIT_ENV):
+        return os.environ[PINNED_COMMIT_ENV]
     repo = repo or Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,

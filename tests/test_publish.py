@@ -98,3 +98,33 @@ def test_the_published_notebooks_stay_small():
     """Images are PNG outputs of the figures; the whole folder must stay a light read on GitHub."""
     sizes = {p.name: p.stat().st_size for p in pipeline.PUBLISHED_DIR.glob("*.ipynb")}
     assert sizes and sum(sizes.values()) < 12 * 2**20, sizes
+
+
+def test_a_pipeline_pins_the_commit_it_started_from(monkeypatch, tmp_path):
+    """Notebooks rewrite tracked result files as they go; without the pin every later notebook would record
+    '<commit>+dirty'. The pin holds for the run only."""
+    import os
+
+    import papermill
+
+    from jtcse_lib import provenance
+
+    monkeypatch.delenv(provenance.PINNED_COMMIT_ENV, raising=False)
+    seen = []
+    monkeypatch.setattr(papermill, "execute_notebook",
+                        lambda *a, **k: seen.append((os.environ.get(provenance.PINNED_COMMIT_ENV),
+                                                     provenance.git_commit())))
+    monkeypatch.setattr(provenance, "git_commit", lambda repo=None: os.environ.get(provenance.PINNED_COMMIT_ENV)
+                        or "abc123")
+    pipeline.run_pipeline("smoke", only=["01"], out_dir=tmp_path)
+    assert seen == [("abc123", "abc123")]
+    assert provenance.PINNED_COMMIT_ENV not in os.environ
+
+
+def test_git_commit_reads_the_pin(monkeypatch):
+    from jtcse_lib import provenance
+
+    monkeypatch.setenv(provenance.PINNED_COMMIT_ENV, "0123abc")
+    assert provenance.git_commit() == "0123abc"
+    monkeypatch.delenv(provenance.PINNED_COMMIT_ENV)
+    assert provenance.git_commit() != "0123abc"
