@@ -209,7 +209,8 @@ def stale_published(source_dir: Path = NOTEBOOKS_DIR, published_dir: Path = PUBL
             problems.append(f"{copy} is missing")
             continue
         src_code = [c.source for c in nbformat.read(source, as_version=4).cells if c.cell_type == "code"]
-        pub = [c for c in nbformat.read(copy, as_version=4).cells if c.cell_type == "code"]
+        pub = [c for c in nbformat.read(copy, as_version=4).cells  # papermill's added cell holds the run's settings
+               if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
         if src_code != [c.source for c in pub]:
             differ = [i for i, (a, b) in enumerate(zip(src_code, [c.source for c in pub])) if a != b]
             where = f"code cell {differ[0] + 1}" if differ else f"{len(src_code)} vs {len(pub)} code cells"

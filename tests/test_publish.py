@@ -56,7 +56,11 @@ def source_and_published(tmp_path):
     nbformat.write(_notebook(["x = 1", "y = 2"]), source / "01_a.ipynb")
     executed = tmp_path / "executed"
     executed.mkdir()
-    nbformat.write(_executed(["x = 1", "y = 2"]), executed / "01_a.ipynb")
+    run = _executed(["x = 1", "y = 2"])
+    injected = nbformat.v4.new_code_cell('# Parameters\nprofile = "cpu"\n', execution_count=2)
+    injected.metadata["tags"] = ["injected-parameters"]  # papermill adds it after the parameters cell
+    run.cells.insert(2, injected)
+    nbformat.write(run, executed / "01_a.ipynb")
     assert [p.name for p in pipeline.publish(executed, dest=published)] == ["01_a.ipynb"]
     return source, published
 
@@ -77,7 +81,7 @@ def test_changing_a_code_cell_of_the_source_makes_the_copy_stale(source_and_publ
 def test_errors_unexecuted_cells_and_missing_copies_are_reported(source_and_published):
     source, published = source_and_published
     nb = nbformat.read(published / "01_a.ipynb", as_version=4)
-    nb.cells[2].execution_count = None
+    nb.cells[3].execution_count = None  # cells: markdown, x = 1, the injected parameters, y = 2
     nb.cells[1].outputs.append(nbformat.v4.new_output("error", ename="ValueError", evalue="boom", traceback=[]))
     nbformat.write(nb, published / "01_a.ipynb")
     nbformat.write(_notebook(["z = 0"]), source / "02_b.ipynb")

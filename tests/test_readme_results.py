@@ -49,15 +49,16 @@ def test_render_reports_mean_sd_and_seedwise_differences(tmp_path):
     assert "TNCSE (twin)" not in block.split("**The paper**")[0]  # no row or comparison for an absent model
 
 
-def test_render_lists_each_run_of_the_reported_commit(tmp_path):
+def test_render_lists_the_last_default_run_and_the_runs_after_it(tmp_path):
     _write_results(tmp_path)
     last = json.loads((tmp_path / "pipeline_timings.json").read_text())
-    older = {**last, "git_commit": "fedcba", "total_seconds": 6000.0}  # another commit: not reported
-    seeds = {**last, "overrides": ["seeds=[1,2]"], "total_seconds": 600.0}
+    older = {**last, "git_commit": "fedcba", "total_seconds": 6000.0}  # an earlier default run: not reported
+    seeds = {**last, "overrides": ["seeds=[1,2]"], "total_seconds": 600.0, "git_commit": "abcdef0123"}
     (tmp_path / "pipeline_history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (older, last, seeds)))
     block = _tool().render(tmp_path)
-    assert "- the default (one seed): **3 min**" in block
-    assert "- with `--set seeds=[1,2]`: **10 min**" in block
+    assert "- the default (one seed): **3 min** for the 2 notebooks (minutes per notebook: 01 1.0, 02 2.0; " \
+        "commit `0123456789`" in block
+    assert "- with `--set seeds=[1,2]`: **10 min**" in block and "commit `abcdef0123`" in block
     assert "**100 min**" not in block
 
 

@@ -54,11 +54,13 @@ def _paired_rows(paired: pd.DataFrame, names: list[str]) -> pd.DataFrame:
 
 
 def _timings(results: Path, timings: dict) -> list[str]:
-    """One line per complete pipeline run of the reported commit (pipeline_history.jsonl), e.g. one seed then
-    the extra seeds; without a history, the last run (pipeline_timings.json)."""
+    """One line per complete pipeline run that made the committed tables (pipeline_history.jsonl): the last
+    default run and the runs after it, e.g. one seed, then the extra seeds reusing its cache (their commits may
+    differ by the results committed in between); without a history, the last run (pipeline_timings.json)."""
     history = results / "pipeline_history.jsonl"
     runs = [json.loads(line) for line in history.read_text().splitlines() if line.strip()] if history.is_file() else []
-    runs = [r for r in runs if r.get("git_commit") == timings["git_commit"]] or [timings]
+    defaults = [i for i, r in enumerate(runs) if not r.get("overrides")]
+    runs = runs[defaults[-1]:] if defaults else runs[-1:] or [timings]
     lines = []
     for r in runs:
         per_notebook = ", ".join(f"{name[:2]} {s / 60:.1f}" for name, s in r["seconds"].items())
@@ -66,7 +68,7 @@ def _timings(results: Path, timings: dict) -> list[str]:
         extra = " ".join(extra) if isinstance(extra, list) else " ".join(f"{k}={v}" for k, v in extra.items())
         how = f"with `--set {extra}`" if extra else "the default (one seed)"
         lines.append(f"- {how}: **{r['total_seconds'] / 60:.0f} min** for the {len(r['seconds'])} notebooks "
-                     f"(minutes per notebook: {per_notebook}; {r['created'][:10]})")
+                     f"(minutes per notebook: {per_notebook}; commit `{r['git_commit'][:10]}`, {r['created'][:10]})")
     return lines
 
 
@@ -76,7 +78,7 @@ def render(results: Path = ROOT / "results" / "cpu") -> str:
     config = json.loads((results / "sts_results.meta.json").read_text())["config"]
     m = timings["machine"]
     out = [BEGIN, "",
-           f"Measured by the pipeline (profile `cpu`, commit `{timings['git_commit'][:10]}`) on {m['cpus']} CPU cores "
+           f"Measured by the pipeline (profile `cpu`) on {m['cpus']} CPU cores "
            f"({m['processor']}, {m.get('memory_gib', '?')} GiB), no GPU, starting from an empty run cache; "
            "each run reuses what the one before it cached:", "", *_timings(results, timings), "",
            f"Backbone `{config['backbone']}`, {config['corpus']} (30,762 sentences), batch {config['batch_size']}, "
