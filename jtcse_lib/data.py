@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
-from .files import read_text
+from .files import read_text, write_npz
 
 DATA_ENV = "JTCSE_DATA_DIR"
 CACHE_ENV = "JTCSE_CACHE_DIR"
@@ -439,10 +439,7 @@ def tokenized_corpus(corpus: str, tokenizer, max_length: int, data_dir=None, lim
         lengths += [len(t) for t in enc]
     result = TokenizedCorpus(np.concatenate(ids), np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
                              np.asarray(full, dtype=np.int32))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.stem}.tmp-{os.getpid()}.npz")
-    np.savez(tmp, ids=result.ids, offsets=result.offsets, n_untruncated=result.n_untruncated)
-    tmp.replace(cache)  # atomic: a reader sees the whole file or none
+    write_npz(cache, {"ids": result.ids, "offsets": result.offsets, "n_untruncated": result.n_untruncated})
     return result
 
 

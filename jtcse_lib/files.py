@@ -18,13 +18,14 @@ class FileProblem(JtcseError):
     """A file the library needs cannot be read or written."""
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to `path` atomically (temporary file + rename); creates the parent folder."""
+def _write_atomically(path: str | os.PathLike, write) -> Path:
+    """`write(tmp)` to a temporary file beside `path`, then rename it to `path`: a reader sees the whole file or
+    none. Creates the parent folder."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")  # same suffix: np.savez would add one
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text, encoding="utf8")
+        write(tmp)
         tmp.replace(path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -32,6 +33,18 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
         raise FileProblem(f"cannot write {path} ({kind})", "choose a writable path (check permissions, free "
                           "disk space, that it is not a folder)") from None
     return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` atomically."""
+    return _write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf8"))
+
+
+def write_npz(path: str | os.PathLike, arrays: dict) -> Path:
+    """`np.savez(path, **arrays)`, atomically (`path` should end in .npz)."""
+    import numpy as np
+
+    return _write_atomically(path, lambda tmp: np.savez(tmp, **arrays))
 
 
 def write_json(path: str | os.PathLike, obj) -> Path:

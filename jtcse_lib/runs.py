@@ -25,7 +25,7 @@ from pathlib import Path
 from .config import STAGES, TWIN_STAGES, RunConfig, config_hash, stage_settings
 from .data import content_digest, corpus_digest, sts_test_digest, stsb_path
 from .errors import ConfigError, JtcseError
-from .files import write_json
+from .files import write_json, write_npz
 from .train import TRAINING_VERSION
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -169,7 +169,7 @@ def sts_scores(config: RunConfig, stage: str | None, pooling: str = "cls", boots
     result = {"model": str(model), "stage": stage or "backbone", "pooling": pooling, **report.to_dict(),
               "test_pairs_per_subset": config.test_pairs, "test_data_digest": digest, "config": config.to_dict(),
               **provenance()}
-    _write_npz(cache.with_suffix(".npz"), report.predictions())  # per-pair cosines, for paired comparisons
+    write_npz(cache.with_suffix(".npz"), report.predictions())  # per-pair cosines, for paired comparisons
     write_json(cache, result)
     return result
 
@@ -231,16 +231,6 @@ def better_simcse_tower(config: RunConfig, data_dir=None) -> str:
     SimCSE baseline, chosen on dev, never on a test set."""
     dev = {s: summary(config, s, data_dir)["best_stsb_dev"] for s in ("simcse_a", "simcse_b")}
     return max(dev, key=dev.get)
-
-
-def _write_npz(path: Path, arrays: dict) -> None:
-    """np.savez, atomically (a temporary file beside, then a rename)."""
-    import numpy as np
-
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
 
 
 def copy_run_records(profile: str, dest: Path) -> list[Path]:

@@ -106,16 +106,21 @@ def test_same_seed_same_losses_other_seed_differs(cfg, tmp_path, real_data):
     assert losses(tmp_path / "a") != losses(tmp_path / "c")
 
 
-def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(cfg, tmp_path, real_data, monkeypatch):
+def _scale_loss(monkeypatch, factor: float, on_call) -> None:
+    """Multiply the SimCSE loss by `factor` on the objective's calls n (1-based) where `on_call(n)` holds."""
     real_objective = train_mod.simcse_objective
     calls = {"n": 0}
 
-    def poisoned(*args, **kwargs):
+    def scaled(*args, **kwargs):
         calls["n"] += 1
         loss, terms = real_objective(*args, **kwargs)
-        return (loss * float("nan"), terms) if calls["n"] > 3 else (loss, terms)
+        return (loss * factor, terms) if on_call(calls["n"]) else (loss, terms)
 
-    monkeypatch.setattr(train_mod, "simcse_objective", poisoned)
+    monkeypatch.setattr(train_mod, "simcse_objective", scaled)
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(cfg, tmp_path, real_data, monkeypatch):
+    _scale_loss(monkeypatch, float("nan"), lambda n: n > 3)
     with pytest.raises(TrainingDiverged, match=r"not finite at step 4 .*last good checkpoint"):
         run(cfg, "simcse_a", tmp_path / "nan", data_dir=real_data)
     state = torch.load(tmp_path / "nan" / "checkpoint" / "trainer_state.pt", weights_only=True)
@@ -182,15 +187,7 @@ def test_clipping_and_linear_decay_follow_the_config(cfg, tmp_path, real_data, m
 
 
 def test_a_forced_fp16_overflow_is_skipped_and_counted_not_fatal(cfg, tmp_path, real_data, monkeypatch):
-    real_objective = train_mod.simcse_objective
-    calls = {"n": 0}
-
-    def overflow_once(*args, **kwargs):
-        calls["n"] += 1
-        loss, terms = real_objective(*args, **kwargs)
-        return (loss * float("inf"), terms) if calls["n"] == 2 else (loss, terms)
-
-    monkeypatch.setattr(train_mod, "simcse_objective", overflow_once)
+    _scale_loss(monkeypatch, float("inf"), lambda n: n == 2)  # one overflowing step
     result = run(cfg.replace(precision="fp16", max_steps=4), "simcse_a", tmp_path / "fp16", data_dir=real_data)
     rows = [r for r in metrics(tmp_path / "fp16") if "step" in r and "overflow_skipped" in r]
     assert [r["overflow_skipped"] for r in rows] == [0, 1, 0, 0] and result.steps == 4
