@@ -138,15 +138,20 @@ def summary(config: RunConfig, stage: str, data_dir=None) -> dict:
     return json.loads((run_dir(config, stage, data_dir) / "result.json").read_text())
 
 
-def _scored(config: RunConfig, stage: str | None, pooling: str, bootstrap: int, data_dir, progress: bool):
-    """(the model to score, the JSON file its cached scores live in; `.npz` beside it holds the per-pair cosines).
-    The backbone's scores live in runs/<profile>/backbone-<key>/, a stage's beside its best model."""
+def _scored_model(config: RunConfig, stage: str | None, data_dir, progress: bool) -> tuple[str | Path, Path]:
+    """(the model to score, the folder its cached scores live in): the backbone's in
+    runs/<profile>/backbone-<key>/, a stage's beside its best model (trained first if needed)."""
     if stage is None:
         key = config_hash(config.to_dict(), ["backbone", "eval_max_length"])
-        model, folder = config.backbone, runs_root() / config.profile / f"backbone-{key}"
-    else:
-        model = trained_model(config, stage, data_dir, progress)
-        folder = model.parent
+        return config.backbone, runs_root() / config.profile / f"backbone-{key}"
+    model = trained_model(config, stage, data_dir, progress)
+    return model, model.parent
+
+
+def _scored(config: RunConfig, stage: str | None, pooling: str, bootstrap: int, data_dir, progress: bool):
+    """(the model to score, the JSON file its cached STS scores live in; `.npz` beside it holds the per-pair
+    cosines)."""
+    model, folder = _scored_model(config, stage, data_dir, progress)
     return model, folder / f"sts_{pooling}_{config.test_pairs or 'all'}_{bootstrap}.json"
 
 
@@ -197,9 +202,9 @@ def transfer_scores(config: RunConfig, stage: str | None, pooling: str = "cls", 
     from .transfer import evaluate_transfer
 
     tasks = list(TRANSFER_TASKS) if config.transfer_tasks == "all" else list(config.transfer_tasks)
-    model, sts_cache = _scored(config, stage, pooling, 0, data_dir, progress)
-    cache = sts_cache.with_name(f"transfer_{pooling}_{'-'.join(tasks)}_{config.transfer_kfold}_"
-                                f"{config.transfer_limit or 'all'}.json")
+    model, folder = _scored_model(config, stage, data_dir, progress)
+    limit = config.transfer_limit or "all"
+    cache = folder / f"transfer_{pooling}_{'-'.join(tasks)}_{config.transfer_kfold}_{limit}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
     encoder = sentence_encoder(model, pooling, config.eval_batch_size, config.eval_max_length, progress)
