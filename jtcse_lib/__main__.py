@@ -1,4 +1,4 @@
-"""Command line: `python -m jtcse_lib {evaluate,transfer,mteb,train,export,pipeline,config,plan,download-data}`.
+"""Command line: `python -m jtcse_lib {evaluate,transfer,mteb,train,export,pipeline,config,plan,doctor,download-data}`.
 
 See `--help` of each command.
 
@@ -25,28 +25,46 @@ def _twin_dir(model: str) -> Path | None:
 
 
 def _model_args(args) -> None:
-    """A run folder stands for its best/ model wherever a model folder is expected (--model, --init, --teacher)."""
+    """A run folder stands for its best/ model wherever a model folder is expected (--model, --init, --teacher);
+    one that is still being trained is refused (its best/ is the best so far, not the run's model) unless
+    --while-training asks for that."""
     from .backbones import model_folder
 
     for name in ("model", "teacher"):
         if getattr(args, name, None):
+            _not_training(getattr(args, name), args)
             setattr(args, name, model_folder(getattr(args, name)))
     if getattr(args, "init", None):
+        for m in args.init:
+            _not_training(m, args)
         args.init = [model_folder(m) for m in args.init]
+
+
+def _not_training(model: str, args) -> None:
+    from .files import lock_holder, writer_lock
+
+    path = Path(model).expanduser()
+    run = path.parent if path.name == "best" else path
+    holder = lock_holder(writer_lock(run)) if not getattr(args, "while_training", False) else None
+    if holder:
+        raise JtcseError(f"{run} is still being trained ({holder}): its best/ is the best model so far, not the "
+                         "run's result", "wait for the training to finish" + (
+                             ", or pass --while-training to use the current best" if args.command != "train" else ""))
 
 
 def cmd_evaluate(args) -> int:
     import torch
 
     from .data import STS_TASKS, resolve_data_dir
-    from .evaluate import default_device, evaluate_sts, sentence_encoder
+    from .device import choose_device
+    from .evaluate import evaluate_sts, sentence_encoder
     from .files import write_json
     from .provenance import provenance
 
     _check_out_file(args.out)
     resolve_data_dir(args.data_dir)  # a missing data folder fails before the model is loaded
     twin = _twin_dir(args.model)
-    device = default_device()
+    device = choose_device(args.device)
     encoder = sentence_encoder(args.model, args.pooling, args.batch_size, args.max_length, device=device)
     tasks = args.tasks or list(STS_TASKS)
     start = time.perf_counter()
@@ -85,7 +103,7 @@ def cmd_train(args) -> int:
         config = load_profile(args.profile, args.set)
     nproc = args.nproc or config.nproc
     if nproc > 1 and not distributed.launched():
-        return launch_distributed(nproc, args.argv)
+        return distributed.launch(nproc, args.argv)
     init = None
     if args.init:
         twin = args.stage in TWIN_STAGES
@@ -94,9 +112,11 @@ def cmd_train(args) -> int:
                               f"{args.stage}", "pass --init DIR_A DIR_B, e.g. two simcse_a / simcse_b runs" if twin
                               else "pass --init DIR, e.g. a simcse run")
         init = tuple(args.init) if twin else args.init[0]
+    main = True
     try:
         trainer = Trainer(config, args.stage, args.out, init=init, teacher=args.teacher, data_dir=args.data_dir,
                           device=args.device, restart=args.restart)
+        main = distributed.is_main()  # asked before cleanup(), after which every process looks like rank 0
         result = trainer.run()
     except JtcseError as e:
         if distributed.active():  # say which rank; torchrun then stops the others
@@ -104,33 +124,9 @@ def cmd_train(args) -> int:
         raise
     finally:
         distributed.cleanup()
-    if distributed.is_main():
+    if main:
         print(f"{args.stage}: best STS-B dev {result.best_dev:.2f} at step {result.best_step} of {result.steps}; "
               f"best model in {result.best_dir} ({result.wall_seconds:.0f} s)")
-    return 0
-
-
-def launch_distributed(nproc: int, argv: list[str]) -> int:
-    """Run this `train` command in `nproc` processes with torchrun (torch.distributed.run, one node), each told
-    nproc=N; returns its exit status, after one line naming the failure when a process failed."""
-    import subprocess
-
-    child, skip = [], False
-    for arg in argv:  # drop --nproc N: the children are the N processes
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            child.append(arg)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
-           "jtcse_lib", *child, "--set", f"nproc={nproc}"]
-    code = subprocess.run(cmd).returncode
-    if code:
-        print(f"error: distributed training ({nproc} processes, torchrun) stopped with exit status {code}; the lines "
-              "above name the rank that failed and why. Fix: remove the cause and run the same command again: it "
-              "resumes from the last checkpoint", file=sys.stderr)
-        return 2
     return 0
 
 
@@ -189,14 +185,15 @@ def cmd_pipeline(args) -> int:
 def cmd_transfer(args) -> int:
     from .config import TRANSFER_TASKS
     from .data import resolve_data_dir
-    from .evaluate import default_device, sentence_encoder
+    from .device import choose_device
+    from .evaluate import sentence_encoder
     from .files import write_json
     from .provenance import provenance
     from .transfer import evaluate_transfer
 
     _check_out_file(args.out)
     resolve_data_dir(args.data_dir)
-    device = default_device()
+    device = choose_device(args.device)
     encoder = sentence_encoder(args.model, args.pooling, args.batch_size, args.max_length, device=device)
     start = time.perf_counter()
     report = evaluate_transfer(encoder, args.tasks or list(TRANSFER_TASKS), args.data_dir, kfold=args.kfold,
@@ -240,6 +237,14 @@ def cmd_plan(args) -> int:
 
     print(plan_report(load_profile(args.profile, args.set), args.data_dir))
     return 0
+
+
+def cmd_doctor(args) -> int:
+    from .doctor import main_report
+
+    text, code = main_report(args.profile, args.set or None, args.data_dir)
+    print(text)
+    return code
 
 
 def cmd_download_data(args) -> int:
@@ -303,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     ev.add_argument("--data-dir", default=None, help="data folder (default: $JTCSE_DATA_DIR, else the shipped data)")
     ev.add_argument("--out", default=None, help="write the result JSON here")
+    ev.add_argument("--device", default=None, help="auto (default: CUDA when usable, else the CPU, said on stderr), "
+                    "cpu, cuda or cuda:N")
+    ev.add_argument("--while-training", action="store_true",
+                    help="use a run folder that is still training (its best model so far)")
     ev.set_defaults(func=cmd_evaluate)
 
     tr = sub.add_parser("train", help=f"train one stage ({', '.join(STAGES)}); resumes if interrupted")
@@ -314,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="start from: one encoder (simcse_a/b, distill) or two towers A B (tncse, jtcse)")
     tr.add_argument("--teacher", default=None, help="distill: a trained twin folder (tower_a/, tower_b/)")
     tr.add_argument("--data-dir", default=None)
-    tr.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    tr.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the profile's `device`; "
+                    "`paper` asks for cuda and stops without a usable GPU)")
     tr.add_argument("--nproc", type=_int_at_least(1), default=None,
                     help="processes (GPUs) to train with, via torchrun on this node (default: the profile's nproc)")
     tr.add_argument("--config", default=None, help=argparse.SUPPRESS)  # a resolved config (JSON) instead of a profile
@@ -330,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--max-seq-length", type=_int_at_least(2), default=None,
                     help="sentence-transformers truncation (default: the tokenizer's limit, as our evaluation)")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    ex.add_argument("--while-training", action="store_true",
+                    help="use a run folder that is still training (its best model so far)")
     ex.set_defaults(func=cmd_export)
 
     pl = sub.add_parser("pipeline", help="run the notebooks 01..06 in order with papermill")
@@ -345,11 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--tasks", nargs="+", choices=TRANSFER_TASKS, metavar="TASK",
                     help=f"subset of {' '.join(TRANSFER_TASKS)} (default: all seven)")
     tf.add_argument("--kfold", type=_int_at_least(2), default=10, help="SentEval's folds (default 10)")
-    tf.add_argument("--jobs", type=_int_at_least(1), default=1, help="processes fitting the classifiers")
+    tf.add_argument("--jobs", type=int, default=1, help="processes fitting the classifiers (-1: one per core)")
     tf.add_argument("--batch-size", type=_int_at_least(1), default=128)
     tf.add_argument("--max-length", type=_int_at_least(2), default=None)
     tf.add_argument("--data-dir", default=None)
     tf.add_argument("--out", default=None, help="write the result JSON here")
+    tf.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (as for evaluate)")
+    tf.add_argument("--while-training", action="store_true",
+                    help="use a run folder that is still training (its best model so far)")
     tf.set_defaults(func=cmd_transfer)
 
     mt = sub.add_parser("mteb", help="MTEB tasks for a twin, a tower or a backbone (needs .[mteb] and the Hub)")
@@ -362,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--languages", nargs="+", default=None, help="keep these languages of multilingual tasks")
     mt.add_argument("--out", default="results/mteb", help="MTEB's result folder (default: results/mteb)")
     mt.add_argument("--overwrite", action="store_true", help="re-run tasks whose results exist")
+    mt.add_argument("--while-training", action="store_true",
+                    help="use a run folder that is still training (its best model so far)")
     mt.set_defaults(func=cmd_mteb)
 
     cf = sub.add_parser("config", help="print a profile's resolved settings as JSON (of one stage with --stage)")
@@ -376,6 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
     pn.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE")
     pn.add_argument("--data-dir", default=None)
     pn.set_defaults(func=cmd_plan)
+
+    dr = sub.add_parser("doctor", help="pre-flight check before a long run: torch/CUDA, GPUs, backbone and Hub, data, "
+                        "disk against the plan, packages; exit 2 with the fix for each failing line")
+    dr.add_argument("--profile", default="cpu")
+    dr.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE")
+    dr.add_argument("--data-dir", default=None)
+    dr.set_defaults(func=cmd_doctor)
 
     dl = sub.add_parser("download-data", help="fetch SentEval and Wiki1M from the Hugging Face Hub")
     dl.add_argument("--dest", default="data-full", help="folder to write (default: ./data-full)")
@@ -394,8 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     except JtcseError as e:
         if args.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        print(f"{'stopped' if e.exit_code == 130 else 'error'}: {e}", file=sys.stderr)
+        return e.exit_code
     except OSError as e:  # the file system refused (permissions, full disk, a path of the wrong kind)
         if args.debug:
             raise

@@ -2,8 +2,10 @@
 
 A profile sets the keys for every stage and may set any training key again for one stage, in a section named
 after it (`simcse_a:`, `simcse_b:`, `tncse:`, `jtcse:`, `distill:`), which overrides the profile-wide value for
-that stage only; `--set jtcse.lr=2e-5` does the same from the command line. `config.for_stage(stage)` is the
-resolved configuration a stage trains with (`python -m jtcse_lib config --profile P --stage S` prints it).
+that stage only. Three levels, the later winning: the profile file (its profile-wide values, then its stage
+sections), the command line's `--set key=value` (for every stage: it replaces the file's value in every section
+too), and `--set stage.key=value` (that stage only). `config.for_stage(stage)` is the resolved configuration a
+stage trains with (`python -m jtcse_lib config --profile P --stage S --set ...` prints it).
 
 Unknown keys and impossible values are rejected with a message naming the key and the fix. The settings a stage
 reads (`stage_settings`) key the run cache, so two runs with the same settings share their trained models.
@@ -53,6 +55,7 @@ class RunConfig:
     dropout: float | None = None  # hidden and attention dropout (None: the backbone's, 0.1 for BERT)
     seed: int = 42
     nproc: int = 1  # processes (GPUs) a stage trains with: torch.distributed DDP via torchrun when > 1
+    device: str = "auto"  # auto (CUDA if usable, else CPU) | cpu | cuda (refuse without a usable GPU) | cuda:N
 
     lr: float = 3e-5  # peak learning rate (each stage usually sets its own in its section)
 
@@ -88,12 +91,13 @@ class RunConfig:
     dev_pairs: int | None = 200  # STS-B dev pairs used for selection (None: all 1500)
     test_pairs: int | None = 100  # pairs per STS sub-set in test evaluations (None: all; smoke only)
     checkpoint_every: int = 50  # resumable checkpoint every N optimizer steps
+    keep_checkpoints: bool = False  # keep a finished run's resume checkpoint (weights + optimizer: ~3x best/)
     log_every: int = 5
     seeds: list[int] = field(default_factory=lambda: [42])  # seeds of the main models (notebooks 03-05)
     ablations: str | list[str] = "all"  # notebook 06: "all", or a subset of ABLATIONS ("layers": every count)
     transfer_tasks: str | list[str] = "all"  # notebook 07: "all" (SentEval's seven) or a subset of them
     transfer_kfold: int = 10  # SentEval's folds (SimCSE's test mode: 10)
-    transfer_jobs: int = 1  # processes fitting the classifiers (the numbers do not depend on it)
+    transfer_jobs: int = 1  # processes fitting the classifiers, -1: one per core (the numbers do not depend on it)
     transfer_limit: int | None = None  # at most N examples per split (smoke only: the scores are then not SentEval's)
 
     # per-stage overrides: any training key (PER_STAGE_KEYS) set again for one stage
@@ -112,12 +116,17 @@ class RunConfig:
                 raise ConfigError(f"config key {key!r}: {problem}", fix)
 
         for key in ("batch_size", "grad_accum", "epochs", "max_length", "eval_every", "checkpoint_every",
-                    "log_every", "eval_batch_size", "nproc", "transfer_jobs"):
+                    "log_every", "eval_batch_size", "nproc"):
             need(isinstance(getattr(self, key), int) and getattr(self, key) >= 1, key,
                  f"must be a positive integer, got {getattr(self, key)!r}", f"set {key}=1 or more")
         # one sentence per batch leaves an in-batch contrastive loss no negative: it is exactly 0 and nothing trains
         need(self.batch_size >= 2, "batch_size", "must be 2 or more (with 1 sentence the contrastive loss has no "
              "negative, is exactly 0, and the model never changes)", "set batch_size=32, say")
+        need(isinstance(self.transfer_jobs, int) and (self.transfer_jobs >= 1 or self.transfer_jobs == -1),
+             "transfer_jobs", f"must be -1 (one per core) or a positive integer, got {self.transfer_jobs!r}",
+             "set transfer_jobs=-1")
+        need(isinstance(self.device, str) and self.device.split(":")[0] in ("auto", "cpu", "cuda"), "device",
+             f"unknown device {self.device!r}", "use auto, cpu, cuda or cuda:N")
         need(self.max_steps is None or (isinstance(self.max_steps, int) and self.max_steps >= 1), "max_steps",
              f"must be a positive integer or null, got {self.max_steps!r}", "set max_steps=100, or null for epochs")
         for key in ("dev_pairs", "test_pairs"):
@@ -136,7 +145,7 @@ class RunConfig:
         need(self.warmup_ratio < 1, "warmup_ratio", "must be below 1", "set warmup_ratio=0.1, say")
         need(self.max_grad_norm is None or (_finite(self.max_grad_norm) and self.max_grad_norm > 0), "max_grad_norm",
              f"must be a positive finite number or null, got {self.max_grad_norm!r}", "set max_grad_norm=1.0")
-        for key in ("train_mlp_head", "deterministic"):
+        for key in ("train_mlp_head", "deterministic", "keep_checkpoints"):
             need(isinstance(getattr(self, key), bool), key, f"must be true or false, got {getattr(self, key)!r}",
                  f"set {key}=true")
         need(self.dropout is None or (_number(self.dropout) and 0 <= self.dropout < 1), "dropout",
@@ -255,28 +264,32 @@ def with_overrides(config: RunConfig, overrides: dict[str, Any] | list[str] | No
             pairs[key.strip()] = value.strip()
         overrides = pairs
     data = config.to_dict()
+    scoped = []  # (stage, {key: value}): applied after the plain keys, so that they win over them
     for key, value in overrides.items():
         stage, _, sub = key.partition(".")
         if sub:  # jtcse.lr=2e-5
             if stage not in STAGES:
                 raise ConfigError(f"unknown stage {stage!r} in {key!r}", f"use one of {', '.join(STAGES)}")
-            value = {sub: value}
-            key = stage
-        if key not in _FIELDS:
+            scoped.append((stage, {sub: value}))
+        elif key in STAGES:
+            scoped.append((key, value))
+        elif key not in _FIELDS:
             raise ConfigError(f"unknown config key {key!r}", f"known keys: {', '.join(_FIELDS)}")
-        if key in STAGES:
-            if isinstance(value, str):
-                value = _coerce(key, value)
-            if not isinstance(value, dict):
-                raise ConfigError(f"config key {key!r}: must be a mapping, got {value!r}",
-                                  f"write e.g. {key}.lr=1e-5")
-            unknown = sorted(set(value) - set(PER_STAGE_KEYS))
-            if unknown:
-                raise ConfigError(f"cannot set {', '.join(unknown)} per stage ({key})",
-                                  f"per-stage keys are {', '.join(PER_STAGE_KEYS)}")
-            data[key] = {**data[key], **{k: _coerce(k, v) for k, v in value.items()}}
-        else:
+        else:  # a plain key wins over every stage section that set it before (the profile file's, say)
             data[key] = _coerce(key, value)
+            for s in STAGES:
+                data[s].pop(key, None)
+    for key, value in scoped:
+        if isinstance(value, str):
+            value = _coerce(key, value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r}: must be a mapping, got {value!r}",
+                              f"write e.g. {key}.lr=1e-5")
+        unknown = sorted(set(value) - set(PER_STAGE_KEYS))
+        if unknown:
+            raise ConfigError(f"cannot set {', '.join(unknown)} per stage ({key})",
+                              f"per-stage keys are {', '.join(PER_STAGE_KEYS)}")
+        data[key] = {**data[key], **{k: _coerce(k, v) for k, v in value.items()}}
     return RunConfig(**data)
 
 
@@ -307,6 +320,8 @@ UNKEYED = {
     "test_pairs": "test-set scoring only, after training; cached scores are keyed by it in their file name",
     "eval_batch_size": "encoding batch size: the same scores up to float rounding (padding is masked)",
     "checkpoint_every": "when resumable checkpoints are written; a resumed run equals an uninterrupted one",
+    "keep_checkpoints": "whether a finished run keeps its resume checkpoint on disk; the weights do not change",
+    "device": "where the computation runs; the world size (nproc) and precision, which do matter, are keyed",
     "log_every": "how often loss terms are averaged into metrics.jsonl; the weights do not change",
     "transfer_tasks": "transfer evaluation only (notebook 07); cached transfer scores are keyed by their settings",
     "transfer_kfold": "transfer evaluation only; part of the cached transfer scores' file name",

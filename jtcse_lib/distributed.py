@@ -119,3 +119,43 @@ def gather_objects(obj) -> list:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether `flag` is true on any rank (an all-reduce of one number; the flag itself in one process)."""
+    if not active():
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """Run the `train` command `argv` in `nproc` processes on this node with torchrun (torch.distributed.run
+    --standalone), each told nproc=N; returns 0, or 2 after one line naming the failure when a process failed.
+
+    Several nodes: start torchrun by hand on each node, e.g. `torchrun --nnodes 2 --node_rank R --nproc_per_node 8
+    --rdzv_backend c10d --rdzv_endpoint HOST:29500 -m jtcse_lib train ... --set nproc=16`; `--out` must then be
+    on a file system every node sees (rank 0 writes the run folder, every rank reads its checkpoint on resume)."""
+    import subprocess
+    import sys
+
+    child, skip = [], False
+    for arg in argv:  # drop --nproc N: the children are the N processes
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            child.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
+           "jtcse_lib", *child, "--set", f"nproc={nproc}"]
+    code = subprocess.run(cmd).returncode
+    if code == 130:  # stopped by Ctrl-C / SIGTERM: the ranks checkpointed and said how to resume
+        return 130
+    if code:
+        print(f"error: distributed training ({nproc} processes, torchrun) stopped with exit status {code}; the lines "
+              "above name the rank that failed and why. Fix: remove the cause and run the same command again: it "
+              "resumes from the last checkpoint", file=sys.stderr)
+        return 2
+    return 0

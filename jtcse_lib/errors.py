@@ -8,6 +8,8 @@ else is a bug and keeps its traceback.
 class JtcseError(Exception):
     """A problem with the user's input, stated as 'what is wrong. Fix: what to do'."""
 
+    exit_code = 2  # what the CLI exits with
+
     def __init__(self, problem: str, fix: str | None = None):
         self.problem = problem
         self.fix = fix
@@ -24,3 +26,9 @@ class ModelError(JtcseError):
 
 class ConfigError(JtcseError):
     """A profile, key or value of the run configuration is invalid."""
+
+
+class Interrupted(JtcseError):
+    """Training was stopped by SIGINT (Ctrl-C) or SIGTERM after writing a checkpoint: the same command resumes."""
+
+    exit_code = 130

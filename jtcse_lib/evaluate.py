@@ -57,7 +57,10 @@ def pool(output, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA when usable, else the CPU (`jtcse_lib.device.choose_device`, quietly: notebooks show the device)."""
+    from .device import choose_device
+
+    return choose_device("auto", quiet=True)
 
 
 @torch.inference_mode()

@@ -16,30 +16,48 @@ from the numbers we report. Every export is therefore loaded back with sentence-
 our own encoder's vectors (`evaluate.encode`).
 
 The small sentence-transformers configs are written in the classic schema every release since 2.0 reads
-(sentence-transformers 6 still reads it without a warning). Exports are written into a hidden staging folder
-beside `out_dir` and renamed into place only when complete and verified; an existing non-empty `out_dir` is
-refused unless `overwrite=True`. Nothing is copied from the source folder (all-MiniLM-L6-v2's own
-`modules.json` has mean pooling and a Normalize module, and an export of it must not inherit them).
+(sentence-transformers 6 still reads it without a warning). Nothing is copied from the source folder
+(all-MiniLM-L6-v2's own `modules.json` has mean pooling and a Normalize module, and an export of it must not
+inherit them).
+
+Writing: an export is built in a hidden staging folder beside `out_dir` (`.OUT.partial-HOST-PID-RANDOM`) and
+renamed into place only when complete and verified; on any error (a full disk is one `NoSpace` line) the staging
+folder goes and `out_dir` is untouched. An existing non-empty `out_dir` is refused unless `overwrite=True`, which
+deletes it only when it holds exactly what an earlier export wrote (the files listed, with their sizes and times,
+in the marker `.jtcse-export.json`); anything else is moved aside to `OUT.old-<time>`. The staging folders that
+killed exports left are removed by the next export into the same folder (`_remove_stale_stages` gives the rule).
 """
 
 from __future__ import annotations
 
+import gc
+import json
 import os
+import re
 import shutil
-import tempfile
+import socket
+import sys
+import time
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
 from .backbones import TOWERS, has_tokenizer, load_encoder, load_tokenizer, resolve, twin_towers, write_twin_json
-from .errors import ModelError
+from .data import STS_TASKS
+from .errors import JtcseError, ModelError
 from .evaluate import encode
-from .files import write_json
-from .report import COLUMNS, SHORT
+from .files import NoSpace, is_disk_full, no_space, write_failure, write_json
+
+# the card's score columns and labels, as report.COLUMNS / report.SHORT: importing report would import runs and the
+# trainer (tests/test_export.py checks that the two agree)
+COLUMNS = [*STS_TASKS, "avg"]
+SHORT = {"STSBenchmark": "STS-B", "SICKRelatedness": "SICK-R", "avg": "Avg."}
 
 ST_POOLINGS = ("cls", "mean")  # poolings that both our evaluation and sentence-transformers' Pooling compute
 MAX_DEFAULT_LENGTH = 512
@@ -51,7 +69,7 @@ _PROBES = ("A man is playing a guitar.",
            "Two dogs run across a snowy field while a child in a red coat watches them from the fence.")
 
 
-# ---------------------------------------------------------------- loading, limits, staging
+# ---------------------------------------------------------------- loading, limits
 
 def _load_tower(name: str | os.PathLike):
     """(model, tokenizer) in eval mode, refusing checkpoints with missing encoder weights (an export would hold
@@ -119,9 +137,140 @@ def _normalise_permissions(folder: Path) -> None:
     os.chmod(folder, 0o777 & ~mask)
 
 
+# ---------------------------------------------------------------- staging, replacing, stale leftovers
+
+MARKER = ".jtcse-export.json"  # written last into every export: the files it wrote, with their sizes and mtimes
+STALE_AFTER_S = 24 * 3600  # a staging folder no live exporter of this host owns is stale; any is after a day
+_HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())  # no '-': a staging folder's name splits on it
+
+
+@dataclass
+class _Stage:
+    """A staging folder beside the output folder, named after its exporter (`.OUT.partial-HOST-PID-RANDOM`, what
+    a kill leaves and the next export recognises as stale): `path` (its `export/`) receives the export, and what
+    `out_dir` held waits beside it until the new export is in place. `need_bytes`: the disk the export needs."""
+
+    root: Path
+    need_bytes: int = 1 << 20
+
+    @property
+    def path(self) -> Path:
+        return self.root / "export"
+
+
+def _tower_bytes(model) -> int:
+    """The disk one saved copy of a tower takes: its weights, plus a margin for the tokenizer and configs."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values()) + 3_000_000
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove_stale_stages(out: Path) -> list[Path]:
+    """Remove what killed exports into `out` left (`.OUT.partial-*`). The rule: a staging folder is stale when its
+    exporter (the pid in its name, on this host) no longer runs, or when it is more than a day old (another host's,
+    a reused pid's, or an older version's, whose names carry no pid); any other is in use and stays."""
+    prefix, removed = f".{out.name}.partial-", []
+    for stage in out.parent.iterdir():
+        if not stage.name.startswith(prefix) or stage.is_symlink() or not stage.is_dir():
+            continue
+        host, pid, rand = (stage.name[len(prefix):].rsplit("-", 2) + ["", ""])[:3]
+        if host == _HOST and pid.isdigit() and rand:
+            stale = not _running(int(pid))
+        else:
+            try:
+                stale = time.time() - stage.stat().st_mtime > STALE_AFTER_S
+            except OSError:
+                continue
+        if stale:
+            shutil.rmtree(stage, ignore_errors=True)
+            removed.append(stage)
+    if removed:
+        print(f"export: removed {len(removed)} staging folder(s) that killed exports to {out} left "
+              f"({', '.join(p.name for p in removed)})", file=sys.stderr)
+    return removed
+
+
+def _listing(folder: Path) -> dict[str, list[int]]:
+    """{relative path: [size, mtime_ns]} of every file and link under `folder`, the marker excepted."""
+    found = {}
+    for root, dirs, files in os.walk(folder):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            st = os.lstat(os.path.join(root, name))
+            found[Path(root, name).relative_to(folder).as_posix()] = [st.st_size, st.st_mtime_ns]
+    found.pop(MARKER, None)
+    return found
+
+
+def _write_marker(folder: Path) -> None:
+    from . import __version__
+
+    write_json(folder / MARKER, {"written_by": f"jtcse_lib {__version__} export", "files": _listing(folder)})
+
+
+def _foreign(folder: Path) -> list[str]:
+    """The files under `folder` that no export wrote: not listed in its marker, or changed since (size or mtime)."""
+    try:
+        listed = json.loads((folder / MARKER).read_text(encoding="utf8"))["files"]
+        listed = listed if isinstance(listed, dict) else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        listed = {}  # no marker (an older version's export, or anything else): every file is foreign
+    return sorted(name for name, stat in _listing(folder).items() if listed.get(name) != stat)
+
+
+def is_export(folder: str | os.PathLike) -> bool:
+    """Whether `folder` holds only what an export wrote: files its marker lists, each unchanged (same size and
+    modification time). Only such a folder is deleted by `overwrite`; any other is moved aside."""
+    folder = Path(folder)
+    return (folder / MARKER).is_file() and not _foreign(folder)
+
+
+def _aside(out: Path) -> Path:
+    """`OUT.old-<time>` (as `train --restart` names it), with a counter when that name is taken."""
+    base = out.with_name(f"{out.name}.old-{datetime.now():%Y%m%d-%H%M%S}")
+    aside, n = base, 1
+    while aside.exists() or aside.is_symlink():
+        n += 1
+        aside = base.with_name(f"{base.name}-{n}")
+    return aside
+
+
+def _swap_in(stage: _Stage, out: Path) -> None:
+    """Rename the finished export to `out`. What `out` held goes first: nothing, or only files an earlier export
+    wrote, unchanged (`is_export`), is deleted; anything else is moved aside to `OUT.old-<time>` and said so."""
+    previous = aside = None
+    if out.exists():
+        foreign = _foreign(out)
+        # a folder with files no export wrote goes aside; one with only an export's files (or none) goes with the
+        # staging folder, deleted once the new export is in place
+        previous = aside = _aside(out) if foreign else None
+        previous = previous or stage.root / "previous"
+        out.rename(previous)
+    try:
+        stage.path.rename(out)
+    except OSError:
+        if previous is not None and not out.exists():  # e.g. another export got there first: put it back
+            previous.rename(out)
+        raise
+    shutil.rmtree(stage.root, ignore_errors=True)
+    if aside is not None:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        held = (f"files that no export wrote, or changed since ({', '.join(foreign[:3])}{more})"
+                if (aside / MARKER).is_file() else f"no export marker ({MARKER}: not written by this version)")
+        print(f"export: {out} held {held}; it is now {aside}", file=sys.stderr)
+
+
 @contextmanager
-def _staged(out_dir: str | os.PathLike, overwrite: bool, sources: Sequence[str | os.PathLike]) -> Iterator[Path]:
-    """Yield an empty staging folder beside `out_dir`; on success it replaces `out_dir`, on error it is removed."""
+def _staged(out_dir: str | os.PathLike, overwrite: bool, sources: Sequence[str | os.PathLike]) -> Iterator[_Stage]:
+    """Yield a staging folder beside `out_dir`; on success its export replaces `out_dir` (`_swap_in`), on any error
+    it is removed: a full disk is one `NoSpace` line, a refused write one `FileProblem`, and `out_dir` is untouched."""
     out = Path(out_dir).expanduser().resolve()
     for src in sources:
         src_path = Path(src).expanduser()
@@ -133,18 +282,29 @@ def _staged(out_dir: str | os.PathLike, overwrite: bool, sources: Sequence[str |
             raise ModelError(f"output path {out} is a file", "choose a folder path that does not exist yet")
         if any(out.iterdir()) and not overwrite:
             raise ModelError(f"output folder {out} already exists and is not empty",
-                             "choose a new folder, or pass overwrite=True (CLI: --overwrite) to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    stage.mkdir()
+                             "choose a new folder, or pass overwrite=True (CLI: --overwrite) to replace it (a folder "
+                             "that holds more than an earlier export is moved aside, not deleted)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_stages(out)
+        stage = _Stage(out.parent / f".{out.name}.partial-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        stage.path.mkdir(parents=True)
+    except OSError as e:
+        raise write_failure(e, out, "export folder") from None
     try:
         yield stage
-        _normalise_permissions(stage)
-        if out.exists():
-            shutil.rmtree(out)
-        stage.rename(out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
+        _normalise_permissions(stage.path)
+        _write_marker(stage.path)
+        _swap_in(stage, out)
+    except BaseException as e:
+        # judged before the partial export is removed (a library's vague write error counts only on a full disk)
+        full = isinstance(e, NoSpace) or (not isinstance(e, JtcseError) and is_disk_full(e, stage.root))
+        shutil.rmtree(stage.root, ignore_errors=True)
+        if full:
+            gc.collect()  # a tower loaded back for verification may map files just deleted: count their space free
+            raise no_space(out.parent, stage.need_bytes, "or export elsewhere") from None
+        if isinstance(e, OSError):
+            raise write_failure(e, out, "export folder") from None
         raise
 
 
@@ -155,33 +315,43 @@ def export_hf(model_dir: str | os.PathLike, out_dir: str | os.PathLike, card: di
     """Save a tower as a plain Hugging Face folder (safetensors, tokenizer, config); `card` adds a README.md."""
     with _staged(out_dir, overwrite, [model_dir]) as stage:
         model, tokenizer = _load_tower(model_dir)
-        model.save_pretrained(stage, safe_serialization=True)
-        tokenizer.save_pretrained(stage)
+        stage.need_bytes = _tower_bytes(model)
+        model.save_pretrained(stage.path, safe_serialization=True)
+        tokenizer.save_pretrained(stage.path)
         if card is not None:
-            write_model_card(stage, {**card, **_facts(model, out_dir, "transformers", card.get("pooling", "cls"))})
+            write_model_card(stage.path, {**card, **_facts(model, out_dir, "transformers", card.get("pooling", "cls"))})
     return Path(out_dir).expanduser().resolve()
 
 
 def _write_st_folder(model, tokenizer, folder: Path, pooling: str, max_seq_length: int, verify: bool) -> None:
-    """Write a sentence-transformers folder (Transformer + Pooling, nothing else) into the empty `folder`."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    """Write a sentence-transformers folder (Transformer + Pooling, nothing else) into the empty `folder`.
+
+    Written here, not by `SentenceTransformer.save`: sentence-transformers 6 saves module paths
+    (`sentence_transformers.base...`) and Pooling keys (`embedding_dimension`, `pooling_mode`) that releases before
+    6 cannot read, and everything else it writes is what `save_pretrained` writes plus its version file. `verify`
+    loads the folder back with the installed release."""
+    from importlib.metadata import PackageNotFoundError, version
 
     hidden = model.config.hidden_size
-    with tempfile.TemporaryDirectory(prefix=".hf-", dir=folder.parent) as tmp:
-        # the Transformer module loads from a path: give it exactly what save_pretrained writes
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        st = SentenceTransformer(modules=[Transformer(tmp, max_seq_length=max_seq_length),
-                                          Pooling(hidden, pooling_mode=pooling)], device="cpu")
-        st.save(str(folder), create_model_card=False)
-        del st
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.model_max_length = max_seq_length  # as SentenceTransformer.save records it: AutoTokenizer truncates alike
+    tokenizer.save_pretrained(folder)
     write_json(folder / "modules.json", _ST_MODULES)
     write_json(folder / "sentence_bert_config.json", {"max_seq_length": max_seq_length, "do_lower_case": False})
     write_json(folder / "1_Pooling" / "config.json", {
         "word_embedding_dimension": hidden, "pooling_mode_cls_token": pooling == "cls",
         "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False,
         "pooling_mode_mean_sqrt_len_tokens": False})
+    versions = {}
+    for package, key in (("sentence-transformers", "sentence_transformers"), ("transformers", "transformers"),
+                         ("torch", "pytorch")):
+        try:
+            versions[key] = version(package)
+        except PackageNotFoundError:
+            pass
+    write_json(folder / "config_sentence_transformers.json", {
+        "__version__": versions, "model_type": "SentenceTransformer", "prompts": {}, "default_prompt_name": None,
+        "similarity_fn_name": "cosine"})
     problems = [n for n in ("config.json", "model.safetensors", "config_sentence_transformers.json")
                 if not (folder / n).is_file()] + ([] if has_tokenizer(folder) else ["tokenizer files"])
     extra = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name != "1_Pooling")
@@ -222,9 +392,10 @@ def export_sentence_transformers(model_dir: str | os.PathLike, out_dir: str | os
     with _staged(out_dir, overwrite, [model_dir]) as stage:
         model, tokenizer = _load_tower(model_dir)
         length = _max_seq_length(tokenizer, model.config, max_seq_length)
-        _write_st_folder(model, tokenizer, stage, pooling, length, verify)
+        stage.need_bytes = _tower_bytes(model)
+        _write_st_folder(model, tokenizer, stage.path, pooling, length, verify)
         if card is not None:
-            write_model_card(stage, {**card, **_facts(model, out_dir, "sentence-transformers", pooling, length)})
+            write_model_card(stage.path, {**card, **_facts(model, out_dir, "sentence-transformers", pooling, length)})
     return Path(out_dir).expanduser().resolve()
 
 
@@ -243,13 +414,14 @@ def export_twin(twin_dir: str | os.PathLike, out_dir: str | os.PathLike, max_seq
                              "export each tower on its own with export_sentence_transformers")
         # one limit for both towers, so that their sum sees the same tokens
         length = min(_max_seq_length(tok, m.config, max_seq_length) for m, tok in loaded)
+        stage.need_bytes = sum(_tower_bytes(m) for m, _ in loaded)
         for name, (model, tokenizer) in zip(TOWERS, loaded):
-            (stage / name).mkdir()
-            _write_st_folder(model, tokenizer, stage / name, "cls", length, verify)
-            write_model_card(stage / name, {**(card or {}), **_facts(model, Path(out_dir) / name,
+            (stage.path / name).mkdir()
+            _write_st_folder(model, tokenizer, stage.path / name, "cls", length, verify)
+            write_model_card(stage.path / name, {**(card or {}), **_facts(model, Path(out_dir) / name,
                                                                      "sentence-transformers", "cls", length, name)})
-        write_twin_json(stage)
-        write_model_card(stage, {**(card or {}), **_facts(loaded[0][0], out_dir, "twin", "cls", length, "twin")})
+        write_twin_json(stage.path)
+        write_model_card(stage.path, {**(card or {}), **_facts(loaded[0][0], out_dir, "twin", "cls", length, "twin")})
     return Path(out_dir).expanduser().resolve()
 
 

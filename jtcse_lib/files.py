@@ -7,8 +7,15 @@ half a file where a whole one was. Reads turn a missing, empty, binary, non-UTF-
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import math
 import os
+import shutil
+import socket
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import JtcseError
@@ -18,21 +25,169 @@ class FileProblem(JtcseError):
     """A file the library needs cannot be read or written."""
 
 
+class NoSpace(FileProblem):
+    """The disk (or quota) is full: nothing half-written was left behind, the last good version is intact."""
+
+
+class Busy(JtcseError):
+    """Another process holds the lock on a folder this one would write."""
+
+
+# ---------------------------------------------------------------- full disks
+
+# What the writers raise on a full disk: OSError(ENOSPC) from Python, SafetensorError("... No space left on device")
+# from safetensors, RuntimeError("... file write failed") from torch's zip writer (which loses the errno).
+# torch's writer may also only say "[enforce fail at inline_container.cc] unexpected pos": those count as a full disk
+# only when the disk is in fact (nearly) full, checked before the partial file is removed.
+_FULL_WORDS = ("no space left", "disk quota exceeded", "file write failed", "failed writing file",
+               "inline_container", "unexpected pos")
+
+
+def _free_bytes(folder: Path) -> int | None:
+    for p in (folder, *folder.parents):
+        if p.exists():
+            return shutil.disk_usage(p).free
+    return None
+
+
+def _tree_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+
+def is_disk_full(error: BaseException, folder: Path, margin: int = 1 << 20) -> bool:
+    """Whether `error`, raised while writing into `folder`, means the disk is full: ENOSPC/EDQUOT, or a library's
+    write error ("No space left", torch's "file write failed") while the disk has less than `margin` bytes free."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(error).lower()
+    if "no space left" in text or "disk quota exceeded" in text:
+        return True
+    free = _free_bytes(Path(folder))
+    return any(w in text for w in _FULL_WORDS) and free is not None and free < margin
+
+
+def no_space(folder: Path, need_bytes: int, fix: str = "or write elsewhere") -> NoSpace:
+    """The one-line error of a full disk: where, and how much to free ("free N MB or move --out")."""
+    free = _free_bytes(Path(folder)) or 0
+    short = max(1, -(-(need_bytes - free) // 1_000_000))
+    return NoSpace(f"no space left on {folder} ({free // 1_000_000} MB free, about {need_bytes // 1_000_000 or 1} "
+                   f"MB needed); nothing was half-written and the last good version is intact",
+                   f"free {short} MB {fix}, then run the same command again")
+
+
+def write_failure(error: BaseException, target: Path, what: str, need_bytes: int = 0,
+                  fix: str = "or write elsewhere") -> FileProblem:
+    """The error to raise when writing `what` to `target` failed with `error` (of any library): `NoSpace` on a full
+    disk, else a `FileProblem` naming the cause."""
+    target = Path(target)
+    if is_disk_full(error, target.parent):
+        return no_space(target.parent, max(need_bytes, 1_000_000), fix)
+    if target.is_dir() and what == "file":
+        cause = "it is a folder"
+    else:
+        cause = getattr(error, "strerror", None) or (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+    return FileProblem(f"cannot write the {what} {target} ({cause})",
+                       "choose a writable path (check permissions and free disk space)")
+
+
 def _write_atomically(path: str | os.PathLike, write) -> Path:
     """`write(tmp)` to a temporary file beside `path`, then rename it to `path`: a reader sees the whole file or
-    none. Creates the parent folder."""
+    none; on any failure (a full disk included) the temporary file goes and `path` is untouched. Creates the parent
+    folder."""
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")  # same suffix: np.savez would add one
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         tmp.replace(path)
-    except OSError as e:
+    except Exception as e:  # OSError, and what numpy or a library raises on a full disk
+        problem = write_failure(e, path, "file", need_bytes=2 * _tree_bytes(tmp))  # before the space is freed
         tmp.unlink(missing_ok=True)
-        kind = "is a folder" if path.is_dir() else (e.strerror or str(e))
-        raise FileProblem(f"cannot write {path} ({kind})", "choose a writable path (check permissions, free "
-                          "disk space, that it is not a folder)") from None
+        raise problem from None
     return path
+
+
+def write_folder(final: Path, write, what: str, fix: str = "or write elsewhere") -> Path:
+    """The folder writer: `write(tmp)` fills a temporary folder beside `final`, which then replaces `final` by two
+    renames, so one complete version exists on disk at every instant (a kill between the renames leaves
+    `final.old`, which readers of `final` fall back to). On any failure the temporary folder goes and `final` is
+    untouched: a full disk is `NoSpace`, with the megabytes to free."""
+    final = Path(final)
+    tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        write(tmp)
+    except Exception as e:  # OSError, SafetensorError, torch's RuntimeError ...: the previous version is intact
+        problem = e if isinstance(e, JtcseError) else write_failure(  # judged before the space is freed
+            e, tmp, f"{what} folder", need_bytes=max(_tree_bytes(final), _tree_bytes(tmp)) + (1 << 20), fix=fix)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise problem from None
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+    return final
+
+
+# ---------------------------------------------------------------- locks
+
+
+def writer_lock(run_dir: str | os.PathLike) -> Path:
+    """The lock file a training holds for its whole run, beside its run folder (not inside: --restart renames the
+    folder); `lock_holder` on it says whether, and by whom, the folder is being trained into."""
+    out = Path(run_dir).expanduser()
+    return out.with_name(f".{out.name}.writer.lock")
+
+
+@contextmanager
+def exclusive_lock(path: str | os.PathLike, what: str, wait: bool = False,
+                   fix: str = "wait for it to finish (or stop it), then run again"):
+    """Hold an exclusive lock (`flock`) on the file `path` while the block runs; the file records its holder
+    ("pid N on HOST since T") so that a refused process can name it. With `wait=False` a held lock raises `Busy`
+    at once; with `wait=True` it blocks until the holder is done. The kernel releases the lock when the holder
+    exits, a kill -9 included, so a stale lock file never blocks anyone."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise write_failure(e, path, "lock file") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = os.pread(fd, 300, 0).decode("utf8", "replace").strip() or "another process"
+            raise Busy(f"{what} is in use by {holder}", fix) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def lock_holder(path: str | os.PathLike) -> str | None:
+    """Who holds the lock `exclusive_lock(path)` takes ("pid N on HOST since T"), or None when nobody does (or the
+    file is absent). Needs only read access."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 300, 0).decode("utf8", "replace").strip() or "another process"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -47,9 +202,21 @@ def write_npz(path: str | os.PathLike, arrays: dict) -> Path:
     return _write_atomically(path, lambda tmp: np.savez(tmp, **arrays))
 
 
+def finite(obj):
+    """`obj` with every non-finite float (NaN, +-inf) replaced by None: strict JSON, which `jq`, pandas and every
+    JSON parser read (Python's `json` would write the non-standard tokens NaN and Infinity)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj) -> Path:
-    """`obj` as indented JSON, written atomically."""
-    return write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+    """`obj` as indented strict JSON (non-finite numbers as null), written atomically."""
+    return write_text(path, json.dumps(finite(obj), indent=2, default=str, allow_nan=False) + "\n")
 
 
 def read_text(path: str | os.PathLike, what: str = "file", fix: str = "restore or recreate it",

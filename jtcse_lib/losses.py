@@ -128,8 +128,10 @@ def _partner_nt_xent(za, zb, temperature):
     own = torch.cat([first, first + n])  # global row of each anchor: (2B,)
     partner = torch.cat([first + n, first])  # its partner view
     logits = za @ candidates.transpose(0, 1) / temperature  # l_ij = cos(a_i, b_j) / tau, (2B, 2N)
-    logits = logits.index_put((torch.arange(2 * b, device=za.device), own),
-                              torch.tensor(float("-inf"), dtype=logits.dtype, device=za.device))  # drop j = i
+    # drop j = i; torch.full is a fill kernel on the device (torch.tensor(-inf, device=...) would be a blocking
+    # host-to-device copy per call)
+    minus_inf = torch.full((), float("-inf"), dtype=logits.dtype, device=za.device)
+    logits = logits.index_put((torch.arange(2 * b, device=za.device), own), minus_inf)
     return F.cross_entropy(logits, partner)  # mean_i [ logsumexp_{j != i} l_ij - l_{i, partner(i)} ]
 
 

@@ -12,21 +12,23 @@ Stages and what they start from (per seed):
     distill             <- jtcse (the teacher)
 STS test scores are cached beside the model (`sts_<pooling>_<test_pairs>_<bootstrap>.json`) so that tables
 never re-encode.
+
+A complete cache needs no write access: complete runs and cached scores are only read (no lock is taken for a
+complete run), so a cache on a read-only disk serves everything it holds; what it lacks stops with one line.
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
-from contextlib import contextmanager
+import sys
+import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 from .config import STAGES, TWIN_STAGES, RunConfig, config_hash, stage_settings
 from .data import content_digest, corpus_digest, sts_test_digest, stsb_path
-from .errors import ConfigError, JtcseError
-from .files import write_json, write_npz
-from .train import TRAINING_VERSION
+from .errors import ConfigError, Interrupted, JtcseError
+from .files import FileProblem, NoSpace, exclusive_lock, lock_holder, read_json, read_jsonl, write_json, write_npz
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,6 +47,8 @@ def _check_stage(stage: str) -> None:
 def stage_key(config: RunConfig, stage: str, data_dir=None) -> str:
     """Hash of the settings `stage` depends on, its parents' included, and of the data it reads: the content of
     the training corpus and of STS-B dev (selection), not where they lie, so moving the data retrains nothing."""
+    from .train import TRAINING_VERSION  # here, not at the top: importing runs (report does) does not load the trainer
+
     _check_stage(stage)
     own = stage_settings(config, stage)
     own["data"] = {"corpus": corpus_digest(config.for_stage(stage).corpus, data_dir),
@@ -62,16 +66,14 @@ def is_complete(config: RunConfig, stage: str, data_dir=None) -> bool:
     return (run_dir(config, stage, data_dir) / "DONE").is_file()
 
 
-@contextmanager
 def _exclusive(out: Path):
-    """Hold an exclusive lock on `out`: two notebooks asking for the same run train it once, not twice at once."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f"{out.name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # blocks while another process trains this run
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """The run cache's lock on `out` (`<run>.lock` beside it; the trainer takes its own writer lock inside): two
+    notebooks asking for the same run train it once, the second waits for the first and then finds it complete."""
+    lock = out.with_name(f"{out.name}.lock")
+    holder = lock_holder(lock)
+    if holder:
+        print(f"run cache: waiting for {holder}, which is training {out.name}", file=sys.stderr)
+    return exclusive_lock(lock, f"the run cache's {out.name}", wait=True)
 
 
 def trained_model(config: RunConfig, stage: str, data_dir=None, progress: bool = True) -> Path:
@@ -81,10 +83,44 @@ def trained_model(config: RunConfig, stage: str, data_dir=None, progress: bool =
     if (out / "DONE").is_file():
         return out / "best"
     parents = [trained_model(config, p, data_dir, progress) for p in _PARENTS[stage]]
-    with _exclusive(out):
+    with ExitStack() as held:
+        try:
+            held.enter_context(_exclusive(out))
+        except NoSpace:
+            raise
+        except FileProblem as e:  # a read-only cache (a published copy, a read-only mount) serves only what it holds
+            raise _cannot_add(f"the {stage} run {out.name}", out.parent, e) from None
         if not (out / "DONE").is_file():  # another process may have finished it while we waited
             _train(config, stage, out, parents, data_dir, progress)
     return out / "best"
+
+
+def _cannot_add(what: str, folder: Path, error: BaseException) -> FileProblem:
+    cause = getattr(error, "strerror", None) or getattr(error, "problem", None) or error
+    return FileProblem(f"{what} is not in the run cache, and {folder} cannot be written to add it ({cause})",
+                       "make the run cache writable, or point JTCSE_RUNS_DIR at a writable copy of it")
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    """Before computing what is to be cached in `folder`: one line when it cannot be written (a read-only disk),
+    rather than minutes of work and then a failed write."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise _cannot_add(what, folder, e) from None
+
+
+def _read_cached(path: Path) -> dict | None:
+    """A cached result, or None when absent or damaged (then it is computed again)."""
+    if not path.is_file():
+        return None
+    try:
+        cached = read_json(path, "cached result")
+    except FileProblem:
+        return None
+    return cached if isinstance(cached, dict) else None
 
 
 def _train(config: RunConfig, stage: str, out: Path, parents: list[Path], data_dir, progress: bool) -> None:
@@ -95,10 +131,10 @@ def _train(config: RunConfig, stage: str, out: Path, parents: list[Path], data_d
         kwargs["init"] = tuple(parents)
     elif stage == "distill":
         kwargs["teacher"] = parents[0]
-    # a folder the cache cannot resume (no run record or no checkpoint: a run killed early, or an older version's)
-    # is moved aside to <folder>.old-<time>, never deleted, and the stage trains from step 0
-    resumable = (out / "run.json").is_file() and (out / "checkpoint" / "trainer_state.pt").is_file()
-    restart = out.is_dir() and any(out.iterdir()) and not resumable
+    # a folder without a run record is not a run of this version (or was killed before it wrote one): it is moved
+    # aside to <folder>.old-<time>, never deleted; a run record lets the trainer decide (resume from its checkpoint,
+    # from step 0 when it has none, or report a finished run)
+    restart = out.is_dir() and any(out.iterdir()) and not (out / "run.json").is_file()
     if config.nproc > 1:  # DDP: torchrun starts the processes, the notebook kernel waits
         _train_distributed(config, stage, out, data_dir, restart, **kwargs)
     else:
@@ -111,16 +147,20 @@ def _train(config: RunConfig, stage: str, out: Path, parents: list[Path], data_d
 def _train_distributed(config: RunConfig, stage: str, out: Path, data_dir, restart: bool, init=None,
                        teacher=None) -> None:
     """Train one stage in `nproc` processes: the `train` command under torchrun, given the resolved config."""
-    from .__main__ import launch_distributed
+    from .distributed import launch
 
-    launch = out.with_name(f"{out.name}.launch.json")  # beside the run folder, which must hold only the run
-    write_json(launch, config.to_dict())
-    argv = ["train", "--stage", stage, "--config", str(launch), "--out", str(out)]
+    record = out.with_name(f"{out.name}.launch.json")  # beside the run folder, which must hold only the run
+    write_json(record, config.to_dict())
+    argv = ["train", "--stage", stage, "--config", str(record), "--out", str(out)]
     argv += ["--init", *map(str, init)] if init else []
     argv += ["--teacher", str(teacher)] if teacher else []
     argv += ["--data-dir", str(data_dir)] if data_dir else []
     argv += ["--restart"] if restart else []
-    if launch_distributed(config.nproc, argv):
+    code = launch(config.nproc, argv)
+    if code == 130:  # Ctrl-C / SIGTERM: the ranks checkpointed
+        raise Interrupted(f"distributed training of {stage} into {out} was stopped",
+                          "run the same command again: the run resumes from its last checkpoint")
+    if code:
         raise JtcseError(f"distributed training of {stage} into {out} failed (see the lines above)",
                          "remove the cause and run again: the run resumes from its last checkpoint")
 
@@ -130,12 +170,13 @@ def metrics(config: RunConfig, stage: str, data_dir=None) -> list[dict]:
     path = run_dir(config, stage, data_dir) / "metrics.jsonl"
     if not path.is_file():
         raise ConfigError(f"no metrics for {stage} under this config ({path})", "train it first with trained_model()")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path, "metrics log", "train it again: delete the run folder", ConfigError)[0]
 
 
 def summary(config: RunConfig, stage: str, data_dir=None) -> dict:
     """The run's result.json (best step, best dev score, wall time, provenance)."""
-    return json.loads((run_dir(config, stage, data_dir) / "result.json").read_text())
+    return read_json(run_dir(config, stage, data_dir) / "result.json", "run result",
+                     "train it first with trained_model()", ConfigError)
 
 
 def _scored_model(config: RunConfig, stage: str | None, data_dir, progress: bool) -> tuple[str | Path, Path]:
@@ -164,10 +205,10 @@ def sts_scores(config: RunConfig, stage: str | None, pooling: str = "cls", boots
 
     model, cache = _scored(config, stage, pooling, bootstrap, data_dir, progress)
     digest = sts_test_digest(data_dir)
-    if cache.is_file() and cache.with_suffix(".npz").is_file():
-        cached = json.loads(cache.read_text())
-        if cached.get("test_data_digest") == digest:  # scores of other test files are recomputed, not reused
-            return cached
+    cached = _read_cached(cache) if cache.with_suffix(".npz").is_file() else None
+    if cached is not None and cached.get("test_data_digest") == digest:  # other test files' scores are recomputed
+        return cached
+    _check_writable(cache.parent, f"the STS scores {cache.name} of {stage or 'the backbone'}")
     encoder = sentence_encoder(model, pooling, config.eval_batch_size, config.eval_max_length, progress)
     report = evaluate_sts(encoder, data_dir=data_dir, bootstrap=bootstrap, seed=config.seed,
                           max_pairs=config.test_pairs)
@@ -205,8 +246,10 @@ def transfer_scores(config: RunConfig, stage: str | None, pooling: str = "cls", 
     model, folder = _scored_model(config, stage, data_dir, progress)
     limit = config.transfer_limit or "all"
     cache = folder / f"transfer_{pooling}_{'-'.join(tasks)}_{config.transfer_kfold}_{limit}.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())
+    cached = _read_cached(cache)
+    if cached is not None:
+        return cached
+    _check_writable(folder, f"the transfer scores {cache.name} of {stage or 'the backbone'}")
     encoder = sentence_encoder(model, pooling, config.eval_batch_size, config.eval_max_length, progress)
     report = evaluate_transfer(encoder, tasks, data_dir, kfold=config.transfer_kfold, progress=progress,
                                n_jobs=config.transfer_jobs, limit=config.transfer_limit)

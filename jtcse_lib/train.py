@@ -39,9 +39,10 @@ import json
 import math
 import os
 import shutil
+import signal
+import threading
 import time
-from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -53,9 +54,22 @@ from . import distributed
 from .backbones import is_twin_dir, load_encoder, load_tokenizer, model_folder
 from .config import STAGES, TWIN_STAGES, RunConfig, stage_settings
 from .data import content_digest, corpus_digest, load_stsb, stsb_path, tokenized_corpus
-from .errors import ConfigError, JtcseError
+from .device import choose_device
+from .errors import ConfigError, Interrupted, JtcseError
 from .evaluate import SumEncoder, TowerEncoder, stsb_dev_score
-from .files import FileProblem, read_json, read_jsonl, write_json, write_text
+from .files import (
+    FileProblem,
+    NoSpace,
+    exclusive_lock,
+    finite,
+    read_json,
+    read_jsonl,
+    write_failure,
+    write_folder,
+    write_json,
+    write_text,
+    writer_lock,
+)
 from .losses import TwinWeights, distill_objective, simcse_objective, twin_objective
 from .model import MLPHead, TwinTower
 from .progress import progress_bar
@@ -101,22 +115,6 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _device(device) -> torch.device:
-    """The device to train on (default: CUDA when available), refused with the fix when this machine lacks it."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ConfigError(f"--device {device!r} is not a device name ({e})", "use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        have = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA device"
-        raise ConfigError(f"--device {device} is not on this machine ({have})", "use --device cpu, or leave it out")
-    if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device {device}: only cpu and cuda are supported", "use cpu or cuda")
-    return dev
-
-
 def _differences(stored: dict, current: dict, prefix: str = "") -> list[str]:
     """'key: old -> new' for every value that differs between two (nested) dicts."""
     out = []
@@ -154,9 +152,12 @@ class Trainer:
         if stage == "distill" and teacher is None:
             raise ConfigError("the distill stage needs a teacher", "pass --teacher DIR (a trained twin folder)")
         self.config, self.stage = config.for_stage(stage), stage  # the stage's section folded in
+        self._grown: dict = {}  # EXTENDABLE settings this start grows (set by _claim_out_dir)
+        self._perm = self._perm_epoch = self._rng_states = self._stop_signal = self._tensorboard = None
         self.out_dir = Path(out_dir).expanduser()
         self.data_dir = data_dir
-        self.device = distributed.setup(_device(device)) if distributed.launched() else _device(device)
+        device = choose_device(device, self.config.device, quiet=True)  # refuses before any model or data is read
+        self.device = distributed.setup(device) if distributed.launched() else device
         self.rank, self.world = distributed.rank(), distributed.world_size()
         if config.batch_size % self.world:
             raise ConfigError(f"batch_size={config.batch_size} is not divisible by the {self.world} processes",
@@ -170,14 +171,20 @@ class Trainer:
         self.init = (tuple(model_folder(i) for i in init) if isinstance(init, (tuple, list)) else model_folder(init)
                      ) if init is not None else None
         self.identity = self._identity()  # reads the data's digests: a missing corpus fails here
-        if distributed.is_main():  # one process owns the folder; the others wait for its verdict
-            self._claim_out_dir(restart)
-        distributed.barrier()
-        self._setup_precision()
-        torch.manual_seed(self.seed)  # any weight the checkpoint lacks (e.g. a pooler) is initialised reproducibly
-        self._build_model()
-        self._build_data()
-        self._build_optimizer()
+        self._held = ExitStack()  # the writer lock, held until run() returns
+        try:
+            if distributed.is_main():  # one process owns the folder; the others wait for its verdict
+                self._lock_out_dir()
+                self._claim_out_dir(restart)
+            distributed.barrier()
+            self._setup_precision()
+            torch.manual_seed(self.seed)  # any weight the checkpoint lacks (e.g. a pooler) is initialised reproducibly
+            self._build_model()
+            self._build_data()
+            self._build_optimizer()
+        except BaseException:
+            self._held.close()
+            raise
         self.direction_gen = torch.Generator().manual_seed(self.seed + DIRECTION_SEED_OFFSET)
         self.step = self.epoch = self.index = 0
         self.best_dev, self.best_step = -math.inf, -1
@@ -194,6 +201,17 @@ class Trainer:
                 "data": {"corpus": corpus_digest(self.config.corpus, self.data_dir),
                          "stsb_dev": content_digest(stsb_path("dev", self.data_dir))}}
 
+    def _lock_out_dir(self) -> None:
+        """One writer per run folder: a second training into the same --out stops at once, naming the first."""
+        try:
+            self._held.enter_context(exclusive_lock(writer_lock(self.out_dir), f"--out {self.out_dir}", fix=(
+                "wait for that training to finish (or stop it: Ctrl-C checkpoints it), or train into another --out")))
+        except NoSpace:
+            raise
+        except FileProblem as e:  # a read-only or foreign parent folder
+            raise ConfigError(f"cannot write to --out {self.out_dir} ({e.problem})",
+                              "choose a writable folder") from None
+
     def _claim_out_dir(self, restart: bool) -> None:
         """Check `out_dir` before any work: a folder we can write, holding nothing or a run of exactly this identity
         (only EXTENDABLE settings may grow). Results are never replaced implicitly: `restart` moves them aside."""
@@ -208,6 +226,7 @@ class Trainer:
             held = []
         record = out / "run.json"
         ckpt = any((out / c / "trainer_state.pt").is_file() for c in ("checkpoint", "checkpoint.old"))
+        finished = (out / "result.json").is_file()
         if record.is_file():
             stored = read_json(record, "run record", fix, ConfigError)
             grown = {k: (stored.get("settings", {}).get(k), self.identity["settings"][k]) for k in EXTENDABLE}
@@ -224,13 +243,16 @@ class Trainer:
                 changes = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in grown.items())
                 raise ConfigError(f"{out} holds a run that can only be extended to more steps of a constant schedule "
                                   f"without warm-up ({changes})", fix)
+            if grown and finished and not ckpt:
+                raise ConfigError(f"{out} holds a finished run whose resume checkpoint was deleted when it finished "
+                                  "(keep_checkpoints=false), so it cannot be extended", "train into a new --out (or "
+                                  "pass --restart), with keep_checkpoints=true if you will want to extend it")
             self._grown = grown
         elif held:
             raise ConfigError(f"{out} is not empty and holds no run.json ({', '.join(held[:4])}): not a run of this "
                               "version", "train into a new --out, or pass --restart to move its contents aside")
-        if ((out / "best").exists() or (out / "result.json").exists()) and not ckpt:
-            raise ConfigError(f"{out} holds results (best/, result.json) but no checkpoint to resume from; training "
-                              "again would replace them", fix)
+        # Results are what a finished run writes (result.json); best/ without it and without a checkpoint is a run
+        # stopped before its first checkpoint, which resumes from step 0 (run() clears its partial files).
         try:
             out.mkdir(parents=True, exist_ok=True)
             write_text(out / ".writable", "")
@@ -324,6 +346,8 @@ class Trainer:
                     tower.pooler.requires_grad_(False)
         self.model.to(self.device)
         self.forward_model, self.forward_head = self.model, self.head
+        self.mask_4d = (self.device.type == "cuda" and self.stage not in TWIN_STAGES
+                        and getattr(self.model.config, "_attn_implementation", None) == "sdpa")
         if self.world > 1:  # DDP averages the gradients; the losses gather the candidates (jtcse_lib.distributed)
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -374,7 +398,7 @@ class Trainer:
         B = batch_size / world_size sentences of the global batch (one permutation per epoch, the same on every
         rank; rank r takes the r-th slice, so W ranks of B see what one device of W B sees)."""
         B = self.config.batch_size // self.world
-        if getattr(self, "_perm_epoch", None) != epoch:
+        if self._perm_epoch != epoch:
             g = torch.Generator().manual_seed(self.seed * PERMUTATION_SEED + epoch)
             self._perm, self._perm_epoch = torch.randperm(len(self.corpus), generator=g), epoch
         start = index * self.config.batch_size + self.rank * B
@@ -399,13 +423,20 @@ class Trainer:
             out = self.forward_model(**batch, with_cross=self.with_cross)
             return twin_objective(**vars(out), weights=self.weights, temperature=cfg.temperature,
                                   modulus_variant=cfg.modulus_variant, b_to_a=b_to_a)
-        cls = self.forward_model(**batch).last_hidden_state[:, 0]  # (2B, H)
+        cls = self.forward_model(**self._encoder_inputs(batch)).last_hidden_state[:, 0]  # (2B, H)
         if self.head is not None:
             cls = self.forward_head(cls)  # SimCSE's --mlp_only_train: the loss sees MLP([CLS]); evaluated bare
         if self.stage == "distill":
             return distill_objective(cls, self._teacher(batch), cfg.distill_alpha, cfg.temperature,
                                      cfg.distill_temperature_student, cfg.distill_temperature_teacher)
         return simcse_objective(cls, cfg.temperature)
+
+    def _encoder_inputs(self, batch) -> dict[str, torch.Tensor]:
+        """On CUDA the padding mask goes in as SDPA's 4D boolean mask (the same attention): given the 2D mask,
+        transformers tests `mask.all()` on the host to decide whether to drop it, a device sync per forward."""
+        if not self.mask_4d:
+            return batch
+        return {**batch, "attention_mask": batch["attention_mask"].bool()[:, None, None, :]}  # (2B, 1, 1, L)
 
     @torch.no_grad()
     def _teacher(self, batch) -> torch.Tensor | None:
@@ -477,27 +508,10 @@ class Trainer:
         self.model.train()
         return dev
 
-    def _write_folder(self, final: Path, what: str, write: Callable[[Path], None]) -> None:
-        """The one save path: `write` fills a temporary folder, which then replaces `final` by two renames, so one
-        complete version exists on disk at every instant (a kill between the renames leaves `final.old`)."""
-        tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
-        try:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir(parents=True)
-            write(tmp)
-        except OSError as e:  # disk full, quota, permissions: the previous version was not touched
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise JtcseError(f"could not write the {what} of step {self.step} to {tmp} ({e.strerror or e}); the "
-                             f"previous one in {final} is intact",
-                             "free disk space (or fix permissions) and run the same command again to resume") from None
-        if old.exists():
-            shutil.rmtree(old)
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        if old.exists():
-            shutil.rmtree(old)
+    def _write_folder(self, final: Path, what: str, write) -> None:
+        """The one save path (`files.write_folder`): a temporary folder swapped in by renames; a full disk is one
+        line (`NoSpace`, exit 2), the temporary folder goes and the previous version stays."""
+        write_folder(final, write, f"{what} (step {self.step})", fix="or move --out to a larger disk")
 
     def _write_model(self, folder: Path) -> None:
         self.model.save_pretrained(folder)
@@ -572,48 +586,68 @@ class Trainer:
             write_text(path, "".join(json.dumps(r) + "\n" for r in records if r.get("step", math.inf) <= step))
 
     def _log(self, record: dict) -> None:
+        """One strict-JSON line of metrics.jsonl (a non-finite number is null), and the same scalars to
+        TensorBoard when it is installed."""
         if not distributed.is_main():
             return
-        with open(self.out_dir / "metrics.jsonl", "a", encoding="utf8") as f:
-            f.write(json.dumps(record) + "\n")
+        path = self.out_dir / "metrics.jsonl"
+        try:
+            with open(path, "a", encoding="utf8") as f:
+                f.write(json.dumps(finite(record), allow_nan=False) + "\n")
+        except OSError as e:  # a half line at the end is dropped on resume (read_jsonl)
+            raise write_failure(e, path, "metrics log", fix="or move --out to a larger disk") from None
+        if self._tensorboard is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tensorboard.add_scalar(key, value, record["step"])
 
     def _loop(self) -> None:
         """The training loop: optimizer steps, logging, STS-B dev selection and checkpoints until total_steps."""
         cfg = self.config
         self.model.train()
-        bar = progress_bar(total=self.total_steps, initial=self.step, desc=self.stage, unit="step",
-                           disable=not self.progress, dynamic_ncols=True)
         sums: dict[str, torch.Tensor] = {}
         n_logged, n_skipped, last_loss = 0, None, "-"
-        while self.step < self.total_steps:
-            batches = []
-            for _ in range(cfg.grad_accum):
-                if self.index >= self.steps_per_epoch:
-                    self.epoch, self.index = self.epoch + 1, 0
-                batches.append(self.batch(self.epoch, self.index))
-                self.index += 1
-            terms = self.train_step(batches)
-            skipped = terms.pop("overflow_skipped", None)  # fp16 only: a step the scaler skipped is not averaged
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0) + (value if skipped is None else torch.where(skipped > 0, 0.0, value))
-            if skipped is not None:
-                n_skipped = skipped if n_skipped is None else n_skipped + skipped
-            self.step += 1
-            n_logged += 1
-            bar.update(1)
+        with progress_bar(total=self.total_steps, initial=self.step, desc=self.stage, unit="step",
+                          disable=not self.progress, dynamic_ncols=True) as bar:
+            while self.step < self.total_steps:
+                batches = []
+                for _ in range(cfg.grad_accum):
+                    if self.index >= self.steps_per_epoch:
+                        self.epoch, self.index = self.epoch + 1, 0
+                    batches.append(self.batch(self.epoch, self.index))
+                    self.index += 1
+                terms = self.train_step(batches)
+                skipped = terms.pop("overflow_skipped", None)  # fp16 only: a step the scaler skipped is not averaged
+                for name, value in terms.items():
+                    kept = value if skipped is None else torch.where(skipped > 0, 0.0, value)
+                    sums[name] = sums.get(name, 0) + kept
+                if skipped is not None:
+                    n_skipped = skipped if n_skipped is None else n_skipped + skipped
+                self.step += 1
+                n_logged += 1
+                bar.update(1)
 
-            if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                last_loss = self._log_window(sums, n_logged, n_skipped) or last_loss
-                bar.set_postfix(loss=last_loss, best_dev=_shown(self.best_dev))
-                sums, n_logged, n_skipped = {}, 0, None
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    last_loss = self._log_window(sums, n_logged, n_skipped) or last_loss
+                    bar.set_postfix(loss=last_loss, best_dev=_shown(self.best_dev))
+                    sums, n_logged, n_skipped = {}, 0, None
 
-            if self.step % cfg.eval_every == 0 or self.step == self.total_steps:
-                dev = self._evaluate()
-                bar.set_postfix(loss=last_loss, dev=f"{dev:.2f}", best_dev=_shown(self.best_dev))
+                if self.step % cfg.eval_every == 0 or self.step == self.total_steps:
+                    dev = self._evaluate()
+                    bar.set_postfix(loss=last_loss, dev=f"{dev:.2f}", best_dev=_shown(self.best_dev))
 
-            if self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps:
-                self._save_checkpoint()
-        bar.close()
+                # the last step's checkpoint only when it is kept: result.json marks the run finished instead
+                last = self.step == self.total_steps
+                saved = self.step % cfg.checkpoint_every == 0 or (last and cfg.keep_checkpoints)
+                if saved:
+                    self._save_checkpoint()
+                if self.step < self.total_steps and self._stop_requested():
+                    if not saved:
+                        self._save_checkpoint()
+                    name = signal.Signals(self._stop_signal or signal.SIGTERM).name
+                    raise Interrupted(f"stopped by {name} at step {self.step} of {self.total_steps}; the checkpoint of "
+                                      f"this step is in {self.out_dir / 'checkpoint'}",
+                                      "run the same command again to resume from it")
 
     def _log_window(self, sums: dict, n_logged: int, n_skipped) -> str | None:
         """Write the mean of each term over the window's steps (one host sync); stop on a non-finite loss, or when
@@ -643,7 +677,7 @@ class Trainer:
         path = self.out_dir / "run.json"
         history = read_json(path, "run record").get("history", []) if resumed and path.is_file() else []
         start = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "from_step": self.step}
-        if getattr(self, "_grown", None):
+        if self._grown:
             start["extended"] = {k: list(v) for k, v in self._grown.items()}
         write_json(path, {**self.identity, "seed": self.seed, "lr": self.lr, "config": self.config.to_dict(),
                           "history": [*history, start]})
@@ -654,20 +688,33 @@ class Trainer:
     # ---------------------------------------------------------------- the loop
 
     def run(self) -> TrainResult:
+        try:
+            return self._run()
+        finally:
+            self._held.close()  # the writer lock
+            if self._tensorboard is not None:
+                self._tensorboard.close()
+
+    def _run(self) -> TrainResult:
         cfg = self.config
         self._start = time.perf_counter()
         resumed = self._load_checkpoint()
-        if not resumed:
-            torch.manual_seed(self.seed + RANK_SEED_STRIDE * self.rank)  # each rank its own dropout masks
-            if distributed.is_main():  # lines of a run killed before its first checkpoint
-                (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
-        if resumed and self.step >= self.total_steps and (self.out_dir / "result.json").is_file():
+        finished = (self.out_dir / "result.json").is_file()
+        if finished and (not resumed or self.step >= self.total_steps):  # complete (its checkpoint kept or not)
             done = read_json(self.out_dir / "result.json", "result", "pass --restart to train it again", ConfigError)
-            tqdm.write(f"[{self.stage}] {self.out_dir} is complete already (step {self.step}): nothing to do")
+            if distributed.is_main():
+                tqdm.write(f"[{self.stage}] {self.out_dir} is complete already (step {done['steps']}): nothing to do")
             return TrainResult(self.stage, self.out_dir, self.out_dir / "best", done["best_step"],
                                done["best_stsb_dev"], done["steps"], done["wall_seconds"])
+        if not resumed:
+            torch.manual_seed(self.seed + RANK_SEED_STRIDE * self.rank)  # each rank its own dropout masks
+            if distributed.is_main():  # what a run stopped before its first checkpoint left: it starts again
+                (self.out_dir / "metrics.jsonl").unlink(missing_ok=True)
+                for name in ("best", "best.old", "best.tmp", "checkpoint.tmp", "tensorboard"):
+                    shutil.rmtree(self.out_dir / name, ignore_errors=True)
         if distributed.is_main():
             self._record_start(resumed)
+            self._tensorboard = _tensorboard_writer(self.out_dir / "tensorboard", self.step if resumed else None)
         if self.n_truncated and distributed.is_main():
             tqdm.write(f"[{self.stage}] {self.n_truncated} of {len(self.corpus)} training sentences are longer "
                        f"than max_length={cfg.max_length} tokens and were truncated")
@@ -676,7 +723,7 @@ class Trainer:
         elif distributed.is_main():
             tqdm.write(f"[{self.stage}] resuming from step {self.step} of {self.total_steps}")
 
-        with self._numerics():
+        with self._numerics(), self._signals_stop_at_step_end():
             self._loop()
 
         result = TrainResult(self.stage, self.out_dir, self.out_dir / "best", self.best_step, self.best_dev,
@@ -688,8 +735,55 @@ class Trainer:
                 "train_sentences": len(self.corpus), "truncated_sentences": self.n_truncated,
                 "world_size": self.world, "config": cfg.to_dict(), **provenance(self.device),
             })
+            if not cfg.keep_checkpoints:  # weights + optimizer state, ~3x best/: a finished run needs only best/
+                for name in ("checkpoint", "checkpoint.old", "checkpoint.tmp"):
+                    shutil.rmtree(self.out_dir / name, ignore_errors=True)
         distributed.barrier()
         return result
+
+    # ---------------------------------------------------------------- stopping
+
+    @contextmanager
+    def _signals_stop_at_step_end(self):
+        """SIGINT (Ctrl-C, a kernel interrupt) and SIGTERM set a flag that the loop reads after each step: it then
+        writes a checkpoint and stops (`Interrupted`, exit 130). A second Ctrl-C stops at once."""
+        if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            if distributed.is_main():
+                tqdm.write(f"[{self.stage}] {signal.Signals(signum).name}: stopping after this step, with a "
+                           "checkpoint (Ctrl-C again to stop at once)")
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    def _stop_requested(self) -> bool:
+        """Whether a signal asked to stop. One process: the flag (no device work). DDP: every rank must stop at the
+        same step, so the ranks agree at logging steps only, where the loop syncs anyway."""
+        if self.world == 1:
+            return self._stop_signal is not None
+        if self.step % self.config.log_every:
+            return False
+        return distributed.any_rank(self._stop_signal is not None, self.device)
+
+
+def _tensorboard_writer(folder: Path, purge_step: int | None):
+    """A TensorBoard SummaryWriter when `tensorboard` is installed (the optional extra), else None. On resume,
+    events logged after the checkpoint are purged (they are logged again)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(folder), purge_step=purge_step)
 
 
 def _shown(score: float) -> str:

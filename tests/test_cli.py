@@ -94,3 +94,24 @@ def test_a_run_folder_is_accepted_where_a_model_folder_is_expected(tiny_data, ti
                      "--out", str(out)]) == 0
     a, b = json.loads(out_run.read_text()), json.loads(out_best.read_text())
     assert a["model"] == str(run / "best") and a["scores"] == b["scores"]
+
+
+def test_a_run_folder_that_is_training_is_refused_unless_asked(tiny_data, tiny_model_dir, tmp_path, capsys):
+    """While a training holds the run folder's writer lock, its best/ is the best so far: using it is refused with one
+    line, or done on purpose with --while-training; once the lock is released it is the run's model."""
+    import shutil
+
+    from jtcse_lib.files import exclusive_lock, writer_lock
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model_dir, run / "best")
+    args = ["evaluate", "--model", str(run), "--data-dir", str(tiny_data), "--tasks", "STSBenchmark"]
+    with exclusive_lock(writer_lock(run), "the test's training"):
+        for model in (run, run / "best"):
+            assert main(["evaluate", "--model", str(model), *args[3:]]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and "is still being trained (pid " in err[0] and "--while-training" in err[0]
+        assert main(["train", "--stage", "tncse", "--init", str(run), str(run), "--out", str(tmp_path / "t")]) == 2
+        assert "is still being trained" in capsys.readouterr().err
+        assert main([*args, "--while-training"]) == 0
+    assert main(args) == 0

@@ -16,10 +16,13 @@ def cfg(tiny_model_dir):
                                   "dev_pairs=20", "cross_attention_layers=1"])
 
 
+@pytest.mark.parametrize("stage", ["simcse_a", "jtcse"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
-def test_a_jtcse_step_reads_nothing_on_the_host(cfg, tmp_path, real_data, precision):
-    """No device-to-host copy in the hot loop: forward, objective, backward and the optimizer step of a twin."""
-    trainer = Trainer(cfg.replace(precision=precision), "jtcse", tmp_path, data_dir=real_data, device="cuda",
+def test_a_training_step_reads_nothing_on_the_host(cfg, tmp_path, real_data, precision, stage):
+    """No device-to-host copy in the hot loop: forward, objective, backward and the optimizer step of a tower (with
+    SimCSE's MLP head and clipping, as stage 1 of `paper`) and of a twin."""
+    extra = {"train_mlp_head": True, "max_grad_norm": 1.0} if stage == "simcse_a" else {}
+    trainer = Trainer(cfg.replace(precision=precision, **extra), stage, tmp_path, data_dir=real_data, device="cuda",
                       progress=False)
     batch = trainer.batch(0, 0)
     trainer.train_step([batch])  # warm-up: lazy initialisation (the scaler, cuBLAS handles) may sync once
@@ -31,11 +34,25 @@ def test_a_jtcse_step_reads_nothing_on_the_host(cfg, tmp_path, real_data, precis
         torch.cuda.set_sync_debug_mode("default")
 
 
-def test_training_on_cuda_restores_tf32_and_resumes(cfg, tmp_path, real_data):
+def test_training_on_cuda_restores_tf32_and_resumes_exactly(cfg, tmp_path, real_data, monkeypatch):
     before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    result = Trainer(cfg, "jtcse", tmp_path / "run", data_dir=real_data, device="cuda", progress=False).run()
-    assert result.steps == 4
+    cfg = cfg.replace(keep_checkpoints=True, deterministic=True, precision="fp32")
+    full = Trainer(cfg, "jtcse", tmp_path / "full", data_dir=real_data, device="cuda", progress=False).run()
+    assert full.steps == 4
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+    original = Trainer._save_checkpoint
+
+    def save_then_stop(self):
+        original(self)
+        if self.step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, "jtcse", tmp_path / "cut", data_dir=real_data, device="cuda", progress=False).run()
+    monkeypatch.setattr(Trainer, "_save_checkpoint", original)
+    resumed = Trainer(cfg, "jtcse", tmp_path / "cut", data_dir=real_data, device="cuda", progress=False).run()
+    assert resumed.steps == 4 and resumed.best_dev == pytest.approx(full.best_dev, abs=1e-6)
 
 
 def test_fp16_on_cuda_counts_skipped_steps(cfg, tmp_path, real_data):
@@ -51,7 +68,8 @@ def test_deterministic_cuda_training_repeats_exactly(cfg, tmp_path, real_data):
     from safetensors.torch import load_file
 
     for name in ("a", "b"):
-        Trainer(cfg.replace(deterministic=True, precision="fp32"), "jtcse", tmp_path / name, data_dir=real_data,
+        Trainer(cfg.replace(deterministic=True, precision="fp32", keep_checkpoints=True), "jtcse", tmp_path / name,
+                data_dir=real_data,
                 device="cuda", progress=False).run()
     a, b = (load_file(str(tmp_path / n / "checkpoint" / "model.safetensors")) for n in ("a", "b"))
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -6,6 +6,10 @@ Tiny random BERTs (MiniLM's tokenizer) keep most tests fast; the real MiniLM car
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +23,7 @@ from jtcse_lib import evaluate as ev
 from jtcse_lib import export as ex
 from jtcse_lib.backbones import load_backbone, minilm_dir
 from jtcse_lib.errors import ModelError
+from jtcse_lib.files import NoSpace
 
 SENTENCES = [
     "A man is playing a guitar.",
@@ -222,6 +227,8 @@ def test_existing_output_folder_needs_overwrite(tiny, tmp_path):
     assert (out / "stale.txt").exists()
     ex.export_sentence_transformers(tiny, out, overwrite=True)
     assert not (out / "stale.txt").exists() and (out / "modules.json").is_file()
+    # a file export did not write is never deleted: the folder went aside
+    assert [p.read_text() for p in tmp_path.glob("out.old-*/stale.txt")] == ["old"]
     with pytest.raises(ModelError, match="is, or contains, the model being exported"):
         ex.export_hf(tiny, tiny, overwrite=True)
     with pytest.raises(ModelError, match="is, or contains, the model being exported"):
@@ -320,3 +327,158 @@ def test_package_level_load_twin_is_the_evaluation_loader(tmp_path):
     with pytest.raises(ModelError, match="is not a twin"):
         jtcse_lib.load_twin(tmp_path)  # no towers: the loader's clear error
     assert ev.load_twin.__doc__
+
+
+# ---------------------------------------------------------------- overwriting, leftovers, a full disk
+
+def notices(capsys) -> list[str]:
+    """The lines export said (stderr also carries transformers' progress bars)."""
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("export:")]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_moves_a_folder_with_foreign_files_aside(tiny, tmp_path, minilm_tokenizer, capsys):
+    out = ex.export_sentence_transformers(tiny, tmp_path / "out")
+    earlier = snapshot(out)
+    (out / "my_notes.txt").write_text("results of my own evaluation")  # the user's file inside an export
+    other = make_tiny(tmp_path / "other", minilm_tokenizer, seed=7)
+    ex.export_sentence_transformers(other, out, overwrite=True)
+    [aside] = tmp_path.glob("out.old-*")
+    assert (aside / "my_notes.txt").read_text() == "results of my own evaluation"
+    assert snapshot(aside) == {**earlier, "my_notes.txt": b"results of my own evaluation"}  # all of it, unchanged
+    assert not (out / "my_notes.txt").exists()
+    assert snapshot(out)["model.safetensors"] != earlier["model.safetensors"]  # the new model is in place
+    said = notices(capsys)
+    assert len(said) == 1 and "my_notes.txt" in said[0] and str(aside) in said[0]
+
+    # a file of the export edited in place (same name, other content) is not "what the export wrote" either
+    (out / "sentence_bert_config.json").write_text('{"max_seq_length": 7, "do_lower_case": false}')
+    ex.export_sentence_transformers(tiny, out, overwrite=True)
+    assert len(list(tmp_path.glob("out.old-*"))) == 2
+
+
+def test_overwrite_replaces_an_earlier_export(tiny, raw_twin, tmp_path, minilm_tokenizer, capsys):
+    out = ex.export_twin(raw_twin, tmp_path / "twin_out")
+    assert ex.is_export(out) and (out / ex.MARKER).is_file()
+    first = snapshot(out)
+    other = tmp_path / "other_twin"
+    make_tiny(other / "tower_a", minilm_tokenizer, seed=8)
+    make_tiny(other / "tower_b", minilm_tokenizer, seed=9)
+    ex.export_twin(other, out, overwrite=True)
+    assert snapshot(out)["tower_a/model.safetensors"] != first["tower_a/model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other_twin", "tiny", "twin_out", "twin_run"]  # no .old
+    assert ex.is_export(out)
+    assert notices(capsys) == []  # nothing moved aside, nothing to say
+    hf = ex.export_hf(tiny, tmp_path / "hf")
+    ex.export_hf(tiny, hf, overwrite=True)
+    assert not list(tmp_path.glob("hf.old-*")) and ex.is_export(hf)
+
+
+def test_stale_staging_folders_are_removed_and_live_ones_kept(tiny, tmp_path, capsys):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that ran an export and is gone (killed)
+    day_old = time.time() - 2 * 86400
+    stages = {
+        "killed": (f".out.partial-{ex._HOST}-{dead.pid}-0badc0de", None),
+        "live": (f".out.partial-{ex._HOST}-{os.getpid()}-1badc0de", None),  # an export running in this process
+        "other_host_fresh": (".out.partial-otherbox-123-2badc0de", None),
+        "other_host_old": (".out.partial-otherbox-123-3badc0de", day_old),
+        "legacy_fresh": (".out.partial-4badc0de", None),  # an older version's name, without a pid
+        "legacy_old": (".out.partial-5badc0de", day_old),
+        "another_output": (f".other.partial-{ex._HOST}-{dead.pid}-6badc0de", None),  # not ours to clean
+    }
+    for name, when in stages.values():
+        (tmp_path / name / "export").mkdir(parents=True)
+        (tmp_path / name / "export" / "model.safetensors").write_bytes(b"half")
+        if when:
+            os.utime(tmp_path / name, (when, when))
+    ex.export_hf(tiny, tmp_path / "out")
+    left = {k for k, (name, _) in stages.items() if (tmp_path / name).exists()}
+    assert left == {"live", "other_host_fresh", "legacy_fresh", "another_output"}
+    [said] = notices(capsys)
+    assert said.startswith("export: removed 3 staging folder(s)")
+    assert not [p for p in tmp_path.glob(".out.partial-*") if p.name not in {stages[k][0] for k in left}]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 30 MB tmpfs mounted in tmp_path: a disk that fills up (root only)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs: not running as root")
+    try:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=30m", "tmpfs", str(disk)], capture_output=True,
+                           text=True)
+    except OSError as e:
+        pytest.skip(f"needs root to mount a tmpfs: {e}")
+    if r.returncode:
+        pytest.skip(f"needs root to mount a tmpfs: {r.stderr.strip() or 'mount failed'}")
+    yield disk
+    import gc
+
+    gc.collect()  # models loaded from the disk map its files
+    if subprocess.run(["umount", str(disk)]).returncode:
+        subprocess.run(["umount", "-l", str(disk)])
+
+
+def fill(disk: Path, leave_mb: float) -> Path:
+    filler = disk / "filler"
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    with open(filler, "wb") as f:
+        f.write(b"\0" * max(0, free - int(leave_mb * 1e6)))
+    return filler
+
+
+# where the disk fills: in the weights (safetensors), in the tokenizer (tokenizers), in a twin's second tower
+@pytest.mark.parametrize("kind, leave_mb", [("tower", 2), ("tower", 4.4), ("twin", 9)])
+def test_a_full_disk_during_export_is_no_space_and_keeps_the_earlier_export(small_disk, minilm_tokenizer, kind,
+                                                                             leave_mb, capsys):
+    from jtcse_lib.__main__ import main
+
+    def model(seed: int) -> Path:  # outside the small disk
+        root = small_disk.parent / f"model{seed}"
+        if kind == "tower":
+            return make_tiny(root, minilm_tokenizer, seed=seed)
+        for i, tower in enumerate(("tower_a", "tower_b")):
+            make_tiny(root / tower, minilm_tokenizer, seed=seed + i)
+        return root
+
+    export = ex.export_sentence_transformers if kind == "tower" else ex.export_twin
+    out = export(model(20), small_disk / "out")
+    earlier, other = snapshot(out), model(30)
+    filler = fill(small_disk, leave_mb)
+    with pytest.raises(NoSpace, match=r"no space left on .*disk \(\d+ MB free, about \d+ MB needed\).*Fix: free \d+ MB"
+                       ) as caught:
+        export(other, out, overwrite=True)
+    assert "\n" not in str(caught.value)
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "out"]  # no partial, temporary or .old folder
+    assert snapshot(out) == earlier and ex.is_export(out)
+
+    capsys.readouterr()
+    assert main(["export", "--model", str(other), "--out", str(out), "--overwrite"]) == 2  # the CLI: one line
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if line.startswith("error")]
+    assert len(said) == 1 and said[0].startswith("error: no space left on") and "Traceback" not in err, err
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "out"] and snapshot(out) == earlier
+
+    filler.unlink()  # space is back: the same command works
+    assert main(["export", "--model", str(other), "--out", str(out), "--overwrite"]) == 0
+    assert snapshot(out) != earlier and ex.is_export(out)
+    assert sorted(p.name for p in small_disk.iterdir()) == ["out"]
+
+
+def test_exporting_does_not_load_the_trainer():
+    code = ("import sys, jtcse_lib.export; print(sorted(m for m in ('jtcse_lib.train', 'jtcse_lib.runs', "
+            "'jtcse_lib.report') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+
+
+def test_card_columns_are_the_report_columns():
+    from jtcse_lib import report
+
+    assert ex.COLUMNS == report.COLUMNS and ex.SHORT == report.SHORT

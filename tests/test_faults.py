@@ -64,6 +64,7 @@ def test_a_finished_run_rerun_unchanged_is_a_no_op(cfg, tmp_path, real_data):
 
 def test_more_steps_continue_the_run_and_are_recorded(cfg, tmp_path, real_data):
     out = tmp_path / "run"
+    cfg = cfg.replace(keep_checkpoints=True)  # extending needs the finished run's checkpoint
     train(cfg, out, real_data)
     result = train(cfg.replace(max_steps=6), out, real_data)
     assert result.steps == 6
@@ -80,14 +81,45 @@ def test_more_steps_continue_the_run_and_are_recorded(cfg, tmp_path, real_data):
         train(linear.replace(max_steps=6), tmp_path / "linear", real_data)  # its decay would restart mid-run
 
 
-def test_results_without_a_checkpoint_are_refused_and_kept(cfg, tmp_path, real_data):
+def test_a_finished_run_keeps_best_not_its_checkpoint_and_cannot_be_extended_without_it(cfg, tmp_path, real_data):
     out = tmp_path / "run"
-    train(cfg, out, real_data)
-    shutil.rmtree(out / "checkpoint")
+    first = train(cfg, out, real_data)
+    assert (out / "best" / "model.safetensors").is_file() and (out / "result.json").is_file()
+    assert not list(out.glob("checkpoint*"))  # keep_checkpoints=false (the default): pruned when finished
     before = digests(out)
-    with pytest.raises(JtcseError, match=r"holds results \(best/, result.json\) but no checkpoint"):
-        train(cfg, out, real_data)
+    again = train(cfg, out, real_data)  # complete: nothing to do, nothing touched
+    assert (again.best_step, again.best_dev, again.steps) == (first.best_step, first.best_dev, first.steps)
+    with pytest.raises(JtcseError, match=r"finished run whose resume checkpoint was deleted .*keep_checkpoints=true"):
+        train(cfg.replace(max_steps=6), out, real_data)
     assert digests(out) == before
+    kept = train(cfg.replace(keep_checkpoints=True), tmp_path / "kept", real_data)
+    assert (tmp_path / "kept" / "checkpoint" / "trainer_state.pt").is_file() and kept.steps == first.steps
+
+
+def test_best_without_results_or_checkpoint_is_an_unfinished_run_that_starts_again(cfg, tmp_path, real_data):
+    """Stopped after a dev evaluation wrote best/ and before the first checkpoint: the same command trains it
+    from step 0 (it used to be refused as 'results without a checkpoint')."""
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    train(cfg, full, real_data)
+    original = Trainer._evaluate
+
+    def evaluate_then_die(self, candidate=True):
+        dev = original(self, candidate)
+        if self.step == 2:
+            raise KeyboardInterrupt  # after best/ of step 2, before the checkpoint of step 2
+        return dev
+
+    Trainer._evaluate = evaluate_then_die
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, cut, real_data)
+    finally:
+        Trainer._evaluate = original
+    assert (cut / "best").is_dir() and not (cut / "checkpoint").exists() and not (cut / "result.json").exists()
+    train(cfg, cut, real_data)
+    assert digests(cut / "best") == digests(full / "best")
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in read_jsonl(full / "metrics.jsonl")[0]]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in read_jsonl(cut / "metrics.jsonl")[0]] == strip
 
 
 def test_restart_moves_the_old_run_aside_and_trains_afresh(cfg, tmp_path, real_data):
@@ -141,8 +173,9 @@ def test_a_half_written_last_metrics_line_is_dropped_on_resume(cfg, tmp_path, re
     (["--set", "batch_size=1"], "'batch_size': must be 2 or more"),
     (["--set", "max_length=1"], "max_length=1 leaves no room for a word: this tokenizer adds 2 special tokens"),
     (["--set", "simcse_a.lr=.nan"], "'lr': must be a positive finite number"),
-    (["--device", "cuda:7"], "--device cuda:7 is not on this machine"),
-    (["--device", "tpu"], "--device 'tpu' is not a device name|only cpu and cuda"),
+    (["--device", "cuda:7"], "--device asks for CUDA, but .*(CPU-only build|cannot use a GPU|finds no GPU)"
+                             "|cuda:7 is not on this machine"),
+    (["--device", "tpu"], "device 'tpu' is not a device name|only cpu and cuda"),
 ])
 def test_bad_training_values_are_refused_before_any_work(args, message, tiny_model_dir, tmp_path, capsys):
     code, err = cli(capsys, "train", "--stage", "simcse_a", "--profile", "smoke", "--out", str(tmp_path / "out"),
@@ -233,6 +266,7 @@ def test_twin_marker_under_random_corruption(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("name", ["checkpoint/trainer_state.pt", "checkpoint/model.safetensors", "metrics.jsonl",
                                   "run.json"])
 def test_run_files_under_random_corruption(cfg, tmp_path, real_data, name):
+    cfg = cfg.replace(keep_checkpoints=True)  # the run to resume must have a checkpoint to damage
     cut = cfg.replace(max_steps=2)
     template = tmp_path / "template"
     train(cut, template, real_data)
@@ -244,6 +278,7 @@ def test_run_files_under_random_corruption(cfg, tmp_path, real_data, name):
 
 def test_a_damaged_checkpoint_names_itself_and_the_fix(cfg, tmp_path, real_data):
     out = tmp_path / "run"
+    cfg = cfg.replace(keep_checkpoints=True)
     train(cfg.replace(max_steps=2), out, real_data)
     state = out / "checkpoint" / "trainer_state.pt"
     state.write_bytes(state.read_bytes()[:100])

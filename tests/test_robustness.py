@@ -63,7 +63,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(cfg, tmp_pa
         return real_save(*args, **kwargs)
 
     monkeypatch.setattr(safetensors.torch, "save_file", disk_full_on_second)
-    with pytest.raises(JtcseError, match=r"could not write the checkpoint of step 4 .*No space left.*is intact"):
+    with pytest.raises(JtcseError, match=r"no space left on .*the last good version is intact.*free \d+ MB"):
         Trainer(cfg, "simcse_a", tmp_path, data_dir=real_data, progress=False).run()
     state = torch.load(tmp_path / "checkpoint" / "trainer_state.pt", weights_only=True)
     assert state["step"] == 2 and not (tmp_path / "checkpoint.tmp").exists()
@@ -84,7 +84,8 @@ def test_unknown_profile_on_the_command_line(capsys):
 
 def _train_cmd(tiny, out, data):
     return [sys.executable, "-m", "jtcse_lib", "train", "--stage", "jtcse", "--profile", "smoke", "--device", "cpu",
-            "--data-dir", str(data), "--out", str(out), "--set", f"backbone={tiny}", "max_steps=8", *TINY_SETTINGS]
+            "--data-dir", str(data), "--out", str(out), "--set", f"backbone={tiny}", "max_steps=8", *TINY_SETTINGS,
+            "keep_checkpoints=true"]
 
 
 def _losses(out):
@@ -151,3 +152,130 @@ def test_remote_code_is_never_trusted():
             for k in node.keywords:
                 if k.arg == "trust_remote_code":
                     assert getattr(k.value, "value", None) is False, f"{file}:{node.lineno}"
+
+
+# ---------------------------------------------------------------- one writer, every stop resumable, a real full disk
+
+ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _start(cmd):
+    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_step(out, proc, step, timeout=600):
+    """Block until metrics.jsonl holds a record of `step` or later; fail if the run ended first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        metrics = out / "metrics.jsonl"
+        if metrics.is_file():
+            lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip().endswith("}")]
+            if any(r["step"] >= step and ("loss" in r or "stsb_dev" in r) for r in lines):
+                return
+        time.sleep(0.02)
+    pytest.fail(f"the run ended (exit {proc.poll()}) before step {step}: nothing was interrupted")
+
+
+def _digests(folder):
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_second_training_into_the_same_folder_exits_at_once_naming_the_first(tiny_model_dir, tmp_path, real_data):
+    out = tmp_path / "run"
+    cmd = _train_cmd(tiny_model_dir, out, real_data) + ["max_steps=30"]
+    first = _start(cmd)
+    _wait_for_step(out, first, 1)
+    second = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    err = second.stderr.strip().splitlines()
+    assert second.returncode == 2 and len(err) == 1, second.stderr
+    assert f"is in use by pid {first.pid} on " in err[0] and "Fix:" in err[0]
+    assert first.wait(timeout=600) == 0, first.stderr.read()
+    steps = [r["step"] for r in (json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines())
+             if "loss" in r]
+    assert steps == list(range(1, 31))  # one line per logged step, in order: the second writer wrote nothing
+    assert len(json.loads((out / "run.json").read_text())["history"]) == 1
+
+
+def test_kill_9_before_the_first_checkpoint_resumes_to_the_uninterrupted_best(tiny_model_dir, tmp_path, real_data):
+    """Under `paper` a stop between the first dev evaluation (step 100) and the first checkpoint (step 500) left
+    best/ without a checkpoint, which was refused; now the same command trains the run again from step 0."""
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    late = ["max_steps=40", "eval_every=2", "checkpoint_every=100", "keep_checkpoints=false"]
+    subprocess.run([*_train_cmd(tiny_model_dir, full, real_data), *late], check=True, env=ENV, capture_output=True,
+                   timeout=600)
+    proc = _start([*_train_cmd(tiny_model_dir, cut, real_data), *late])
+    _wait_for_step(cut, proc, 4)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (cut / "best").is_dir() and not (cut / "checkpoint").exists() and not (cut / "result.json").exists()
+    again = subprocess.run([*_train_cmd(tiny_model_dir, cut, real_data), *late], env=ENV, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert _digests(cut / "best") == _digests(full / "best")
+    assert _losses(cut) == _losses(full)
+
+
+def test_ctrl_c_writes_a_checkpoint_exits_130_and_the_same_command_resumes(tiny_model_dir, tmp_path, real_data):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    long = ["max_steps=40", "checkpoint_every=100"]  # no periodic checkpoint before the stop
+    subprocess.run([*_train_cmd(tiny_model_dir, full, real_data), *long], check=True, env=ENV, capture_output=True,
+                   timeout=600)
+    proc = _start([*_train_cmd(tiny_model_dir, cut, real_data), *long])
+    _wait_for_step(cut, proc, 3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("stopped: stopped by SIGINT at step ") and "run the same command again" in last
+    stopped_at = int(last.split("at step ")[1].split()[0])
+    state = torch.load(cut / "checkpoint" / "trainer_state.pt", weights_only=True)
+    assert 3 <= state["step"] == stopped_at < 40
+    subprocess.run([*_train_cmd(tiny_model_dir, cut, real_data), *long], check=True, env=ENV, capture_output=True,
+                   timeout=600)
+    assert _losses(cut) == _losses(full)
+    assert _digests(cut / "best") == _digests(full / "best")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real small file system (tmpfs), resizable: `resize(megabytes)`. Needs root to mount."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=60m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if proc.returncode:
+        pytest.skip(f"a real full disk needs a tmpfs, and mounting one failed ({proc.stderr.strip() or 'not root'})")
+
+    def resize(megabytes):
+        subprocess.run(["mount", "-o", f"remount,size={megabytes}m", str(mount)], check=True)
+
+    yield mount, resize
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_a_real_full_disk_is_one_line_leaves_no_temporary_folder_and_resumes(small_disk, tmp_path, real_data):
+    """The smoke profile (MiniLM: best/ ~91 MB, a checkpoint ~275 MB) on a 60 MB and a 200 MB tmpfs: exit 2 with
+    one line and no .tmp folder; with room again, the same command finishes with the uninterrupted run's best/."""
+    disk, resize = small_disk
+
+    def cmd(out):
+        return [sys.executable, "-m", "jtcse_lib", "train", "--stage", "simcse_a", "--profile", "smoke", "--device",
+                "cpu", "--data-dir", str(real_data), "--out", str(out), "--set", "checkpoint_every=2"]
+
+    subprocess.run(cmd(tmp_path / "full"), check=True, env=ENV, capture_output=True, timeout=900)
+    out = disk / "run"
+    for megabytes in (60, 200):  # 60: best/ does not fit; 200: best/ does, its checkpoint does not
+        resize(megabytes)
+        proc = subprocess.run(cmd(out), env=ENV, capture_output=True, text=True, timeout=900)
+        err = [x for x in proc.stderr.strip().splitlines() if not x.startswith(("Loading", "Writing"))]
+        assert proc.returncode == 2 and err[-1].startswith("error: no space left on "), proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr and "free " in err[-1] and " MB" in err[-1]
+        assert not [p for p in disk.rglob("*") if ".tmp" in p.name], f"debris on the {megabytes} MB disk"
+    resize(1024)
+    proc = subprocess.run(cmd(out), env=ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _digests(out / "best") == _digests(tmp_path / "full" / "best")

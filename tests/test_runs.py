@@ -1,13 +1,22 @@
 """The run cache: keys, reuse across ablations, completeness marker; the pipeline's notebook selection."""
 
+import json
 import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jtcse_lib import pipeline, runs
 from jtcse_lib.backbones import is_twin_dir
 from jtcse_lib.config import load_profile
-from jtcse_lib.errors import ConfigError, JtcseError
+from jtcse_lib.errors import ConfigError, Interrupted, JtcseError
+from jtcse_lib.files import FileProblem, exclusive_lock
 
 
 @pytest.fixture
@@ -173,3 +182,129 @@ def test_compare_is_the_paired_bootstrap_of_the_cached_predictions(cfg, real_dat
     same = runs.compare(cfg, "simcse_a", cfg, "simcse_a", n_boot=50, data_dir=real_data, progress=False)
     assert (same["diff"] == 0).all() and (same["boot_low"] == same["boot_high"]).all()
     assert runs.better_simcse_tower(cfg, real_data) in ("simcse_a", "simcse_b")
+
+
+# ---------------------------------------------------------------- locks, resuming, a read-only cache
+
+def test_a_run_with_its_record_but_no_checkpoint_resumes_in_place(cfg, real_data):
+    out = runs.trained_model(cfg, "simcse_a", data_dir=real_data, progress=False).parent
+    # what a run stopped before its first checkpoint holds: run.json, best/, metrics, no result.json, no checkpoint
+    for name in ("DONE", "result.json"):
+        (out / name).unlink()
+    for name in ("checkpoint", "checkpoint.old"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    assert (out / "run.json").is_file() and (out / "best").is_dir()
+    runs.trained_model(cfg, "simcse_a", data_dir=real_data, progress=False)
+    assert runs.is_complete(cfg, "simcse_a") and (out / "result.json").is_file()
+    assert not list(out.parent.glob(f"{out.name}.old-*"))  # the trainer resumed it: nothing moved aside
+    assert [r["step"] for r in runs.metrics(cfg, "simcse_a") if "loss" in r] == [1, 2]  # trained again, from step 0
+
+
+def test_a_second_caller_waits_for_the_run_being_trained_and_uses_it(cfg, real_data, monkeypatch, capsys):
+    from jtcse_lib import train
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the run another process finished was trained again")
+
+    monkeypatch.setattr(train, "Trainer", no_training)
+    out = runs.run_dir(cfg, "simcse_a", real_data)
+    held = threading.Event()
+
+    def other_process():  # holds the run cache's lock, finishes the run, lets go
+        with exclusive_lock(out.with_name(f"{out.name}.lock"), "the run"):
+            held.set()
+            time.sleep(0.5)
+            (out / "best").mkdir(parents=True)
+            (out / "DONE").write_text("{}")
+
+    other = threading.Thread(target=other_process)
+    other.start()
+    held.wait()
+    start = time.monotonic()
+    assert runs.trained_model(cfg, "simcse_a", data_dir=real_data) == out / "best"
+    assert time.monotonic() - start > 0.3  # it waited (not Busy), and then found the run complete
+    other.join()
+    assert f"waiting for pid {os.getpid()}" in capsys.readouterr().err
+
+
+def test_distributed_runs_are_launched_by_distributed_launch(cfg, tmp_path, monkeypatch):
+    from jtcse_lib import distributed
+
+    calls, codes = [], iter([0, 130, 1])
+    monkeypatch.setattr(distributed, "launch", lambda nproc, argv: calls.append((nproc, argv)) or next(codes))
+    out = tmp_path / "runs" / "smoke" / "simcse_a-key"
+    runs._train_distributed(cfg.replace(nproc=2), "simcse_a", out, None, restart=True)
+    nproc, argv = calls[0]
+    assert nproc == 2 and argv[:3] == ["train", "--stage", "simcse_a"] and "--restart" in argv
+    assert argv[argv.index("--out") + 1] == str(out)
+    assert json.loads(Path(argv[argv.index("--config") + 1]).read_text())["nproc"] == 2
+    with pytest.raises(Interrupted, match="was stopped"):
+        runs._train_distributed(cfg.replace(nproc=2), "simcse_a", out, None, restart=False)
+    with pytest.raises(JtcseError, match="distributed training of simcse_a into .* failed"):
+        runs._train_distributed(cfg.replace(nproc=2), "simcse_a", out, None, restart=False)
+
+
+def test_importing_the_run_cache_loads_neither_the_trainer_nor_the_cli():
+    code = ("import sys, jtcse_lib.runs; print(sorted(m for m in ('jtcse_lib.train', 'jtcse_lib.__main__', 'torch') "
+            "if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+@pytest.fixture
+def own_disk(tmp_path):
+    """(a real tmpfs mounted in tmp_path, a function that remounts it read-only): root only."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs: not running as root")
+    try:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100m", "tmpfs", str(disk)], capture_output=True,
+                           text=True)
+    except OSError as e:
+        pytest.skip(f"needs root to mount a tmpfs: {e}")
+    if r.returncode:
+        pytest.skip(f"needs root to mount a tmpfs: {r.stderr.strip() or 'mount failed'}")
+
+    def read_only():
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+
+    yield disk, read_only
+    import gc
+
+    gc.collect()  # models loaded from the disk map its files
+    if subprocess.run(["umount", str(disk)]).returncode:
+        subprocess.run(["umount", "-l", str(disk)])
+
+
+def test_a_complete_cache_on_a_read_only_disk_serves_what_it_holds(cfg, real_data, own_disk, monkeypatch):
+    from jtcse_lib import evaluate, train
+
+    disk, read_only = own_disk
+    monkeypatch.setenv("JTCSE_RUNS_DIR", str(disk))
+    model = runs.trained_model(cfg, "simcse_a", data_dir=real_data, progress=False)
+    scores = runs.sts_scores(cfg, "simcse_a", bootstrap=0, data_dir=real_data, progress=False)
+    backbone = runs.sts_scores(cfg, None, bootstrap=0, data_dir=real_data, progress=False)
+    pred, gold = runs.sts_predictions(cfg, "simcse_a", bootstrap=0, data_dir=real_data, progress=False)
+    read_only()
+    with pytest.raises(OSError, match="Read-only file system"):
+        (disk / "probe").write_text("x")  # root ignores permission bits, not a read-only mount
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("trained or scored on a read-only cache")
+
+    for module, name in ((evaluate, "sentence_encoder"), (evaluate, "evaluate_sts"), (train, "Trainer")):
+        monkeypatch.setattr(module, name, no_work)
+    assert runs.trained_model(cfg, "simcse_a", data_dir=real_data) == model
+    assert runs.sts_scores(cfg, "simcse_a", bootstrap=0, data_dir=real_data) == scores
+    assert runs.sts_scores(cfg, None, bootstrap=0, data_dir=real_data) == backbone
+    again, gold_again = runs.sts_predictions(cfg, "simcse_a", bootstrap=0, data_dir=real_data)
+    assert all(np.array_equal(again[t], pred[t]) and np.array_equal(gold_again[t], gold[t]) for t in pred)
+    assert runs.summary(cfg, "simcse_a", real_data)["stage"] == "simcse_a" and runs.metrics(cfg, "simcse_a", real_data)
+
+    # what the cache lacks: one line saying so, before any work
+    with pytest.raises(FileProblem, match=r"the STS scores sts_cls_10_5.json of simcse_a is not in the run cache, "
+                                          r"and .* cannot be written to add it \(Read-only file system\)") as caught:
+        runs.sts_scores(cfg, "simcse_a", bootstrap=5, data_dir=real_data)
+    assert "\n" not in str(caught.value) and "JTCSE_RUNS_DIR" in str(caught.value)
+    with pytest.raises(FileProblem, match=r"the simcse_b run simcse_b-\w+ is not in the run cache.*Read-only"):
+        runs.trained_model(cfg, "simcse_b", data_dir=real_data)

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from jtcse_lib import train as train_mod
 from jtcse_lib.config import load_profile
@@ -68,6 +69,7 @@ def test_zero_weights_switch_terms_off(cfg, tmp_path, real_data):
 
 def test_resume_gives_the_uninterrupted_run(cfg, tmp_path, real_data, monkeypatch):
     """Interrupt after the checkpoint at step 4, resume with a new Trainer: same losses, same weights."""
+    cfg = cfg.replace(keep_checkpoints=True)  # the final weights, to compare
     run(cfg, "jtcse", tmp_path / "full", data_dir=real_data)
 
     original = Trainer._save_checkpoint
@@ -156,8 +158,8 @@ def test_the_train_only_mlp_head_changes_the_loss_but_not_the_saved_tower(cfg, t
     from transformers import AutoModel
 
     plain = run(cfg.replace(max_steps=2, eval_every=2), "simcse_a", tmp_path / "plain", data_dir=real_data)
-    headed = run(cfg.replace(max_steps=2, eval_every=2, train_mlp_head=True), "simcse_a", tmp_path / "mlp",
-                 data_dir=real_data)
+    headed = run(cfg.replace(max_steps=2, eval_every=2, train_mlp_head=True, keep_checkpoints=True), "simcse_a",
+                 tmp_path / "mlp", data_dir=real_data)
     loss = [[r["loss"] for r in metrics(tmp_path / d) if "loss" in r] for d in ("plain", "mlp")]
     assert loss[0] != loss[1]  # the loss sees MLP([CLS])
     model, info = AutoModel.from_pretrained(headed.best_dir, output_loading_info=True)
@@ -219,3 +221,87 @@ def test_bf16_autocast_runs_the_same_code_on_cpu(cfg, tmp_path, real_data):
     rows = [r for r in metrics(tmp_path / "bf16") if "loss" in r]
     assert result.steps == 2 and all(math.isfinite(r["loss"]) for r in rows)
     assert "overflow_skipped" not in rows[0]  # bf16 needs no loss scaler
+
+
+class HostTraffic(TorchDispatchMode):
+    """Records, below autograd, every op that moves a value between Python and a tensor: `lift_fresh` (a tensor made
+    from Python data: `torch.tensor(x, device=d)`, a blocking host-to-device copy on CUDA) and `_local_scalar_dense`
+    (a tensor read into Python: `.item()`, `bool(t)`, `float(t)`, a device sync on CUDA), with where it happened.
+    Two reads are CPU-only by design and never happen on a GPU: the JTCSE direction draw (a tensor of a CPU
+    generator, wherever the model is) and `model._key_mask`'s "no padding at all?" test (skipped on CUDA)."""
+
+    def __init__(self):
+        super().__init__()
+        self.events, self.cpu_draws = [], set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        import traceback
+
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = func.overloadpacket.__name__
+        if name == "randint" and kwargs.get("generator") is not None:
+            self.cpu_draws.add(out.data_ptr())
+        elif name in ("lift_fresh", "lift_fresh_copy", "_local_scalar_dense"):
+            where = [f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}" for f in traceback.extract_stack()[:-1]
+                     if "jtcse_lib" in f.filename or "site-packages" in f.filename][-3:]
+            cpu_only = name == "_local_scalar_dense" and (args[0].data_ptr() in self.cpu_draws or any(
+                w.endswith(" _key_mask") for w in where))
+            if not cpu_only:
+                self.events.append(f"{name} at {' < '.join(reversed(where))}")
+        return out
+
+
+@pytest.mark.parametrize("stage", ["simcse_a", "tncse", "jtcse", "distill"])
+def test_a_training_step_moves_nothing_between_python_and_the_device(cfg, tmp_path, real_data, stage):
+    cfg = cfg.replace(max_steps=2, eval_every=2, train_mlp_head=stage == "simcse_a", max_grad_norm=1.0)
+    teacher = None
+    if stage == "distill":
+        run(cfg, "tncse", tmp_path / "twin", data_dir=real_data)
+        teacher = tmp_path / "twin"
+    trainer = Trainer(cfg, stage, tmp_path / stage, data_dir=real_data, progress=False, teacher=teacher)
+    # the optimizer the trainer builds on CUDA (fused: it reads no step count on the host); on the CPU it builds the
+    # unfused one, whose per-parameter step counters are Python reads
+    trainer.optimizer = torch.optim.AdamW(trainer.params, lr=trainer.lr, weight_decay=cfg.weight_decay, fused=True)
+    trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda step: 1.0)
+    batches = [trainer.batch(0, 0)]
+    if stage in ("simcse_a", "distill"):  # a plain encoder: on CUDA its padding mask goes in 4D (no mask.all())
+        trainer.model.eval()
+        plain = trainer.loss(batches[0])[0]
+        trainer.mask_4d = True
+        assert torch.equal(trainer.loss(batches[0])[0], plain)  # the same attention
+        trainer.model.train()
+    with trainer._numerics(), HostTraffic() as traffic:
+        trainer.train_step(batches)
+    assert traffic.events == []
+    with HostTraffic() as traffic:  # the check itself sees what it looks for
+        torch.tensor(float("-inf"), device=trainer.device) + torch.ones(2).sum().item()
+    assert len(traffic.events) == 2
+
+
+def test_metrics_are_strict_json(cfg, tmp_path, real_data):
+    """No NaN/Infinity tokens (jq and pandas reject them): the step-0 record's best_dev, -inf before any candidate,
+    is null."""
+    run(cfg.replace(max_steps=2, eval_every=2), "simcse_a", tmp_path / "s", data_dir=real_data)
+
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    rows = [json.loads(line, parse_constant=refuse) for line in (tmp_path / "s" / "metrics.jsonl").read_text()
+            .splitlines()]
+    assert rows[0]["step"] == 0 and rows[0]["best_dev"] is None
+    json.loads((tmp_path / "s" / "result.json").read_text(), parse_constant=refuse)
+
+
+def test_tensorboard_gets_the_logged_scalars_when_installed(cfg, tmp_path, real_data):
+    pytest.importorskip("tensorboard", reason="the optional extra [tensorboard] (in [dev]) is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(cfg.replace(max_steps=4, eval_every=2), "simcse_a", tmp_path / "tb", data_dir=real_data)
+    events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    events.Reload()
+    loss = [(e.step, e.value) for e in events.Scalars("loss")]
+    logged = [(r["step"], r["loss"]) for r in metrics(tmp_path / "tb") if "loss" in r]
+    assert [s for s, _ in loss] == [s for s, _ in logged] and all(
+        v == pytest.approx(w, rel=1e-6) for (_, v), (_, w) in zip(loss, logged))
+    assert [e.step for e in events.Scalars("stsb_dev")] == [0, 2, 4]
