@@ -116,3 +116,29 @@ def test_the_paper_profiles_are_the_papers_recipe():
     assert paper.precision == "fp32" and paper.for_stage("simcse_b").lr == 2e-5
     roberta = load_profile("paper-roberta")
     assert (roberta.backbone, roberta.batch_size, roberta.for_stage("jtcse").lr) == ("roberta-base", 256, 1e-6)
+
+
+def test_three_levels_the_file_then_set_for_every_stage_then_set_for_one_stage():
+    """`paper.yaml` sets eval_every 100 and max_length 64 profile-wide, and 125 and 32 in its stage-1 sections: a
+    plain --set wins over both in every stage; --set simcse_a.key wins over that, in simcse_a only."""
+    from jtcse_lib.config import STAGES
+
+    file_only = load_profile("paper")
+    assert (file_only.for_stage("simcse_a").eval_every, file_only.for_stage("simcse_a").max_length) == (125, 32)
+    assert (file_only.for_stage("jtcse").eval_every, file_only.for_stage("jtcse").max_length) == (100, 64)
+    cli = load_profile("paper", ["eval_every=3", "max_length=16"])
+    assert {(cli.for_stage(s).eval_every, cli.for_stage(s).max_length) for s in STAGES} == {(3, 16)}
+    assert cli.for_stage("simcse_a").lr == 1.5e-5  # what the command line did not name stays the file's
+    scoped = load_profile("paper", ["simcse_a.eval_every=7", "eval_every=3"])  # order on the line does not matter
+    assert [scoped.for_stage(s).eval_every for s in STAGES] == [7, 3, 3, 3, 3]
+    assert scoped.replace(lr=2e-6).for_stage("simcse_b").lr == 2e-6  # replace() is a --set too
+
+
+def test_config_command_shows_a_command_line_value_in_a_stage(capsys):
+    import json
+
+    from jtcse_lib.__main__ import main
+
+    assert main(["config", "--profile", "paper", "--stage", "simcse_a", "--set", "eval_every=3"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["eval_every"] == 3 and shown["max_length"] == 32 and shown["precision"] == "auto"
