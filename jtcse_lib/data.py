@@ -19,22 +19,24 @@ from column 4. Anything else malformed stops with the file and line number.
 
 from __future__ import annotations
 
+import codecs
 import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
-import uuid
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
-from .files import read_text, write_npz
+from .errors import ConfigError, DataError, JtcseError
+from .files import FileProblem, exclusive_lock, read_json, read_text, write_file, write_folder, write_json, write_npz
 
 DATA_ENV = "JTCSE_DATA_DIR"
 CACHE_ENV = "JTCSE_CACHE_DIR"
@@ -44,6 +46,7 @@ ARCHIVE_NAME, MANIFEST_NAME = "jtcse-data.tar.xz", "MANIFEST.sha256"
 HUB_DATASET = "princeton-nlp/datasets-for-simcse"
 CORPORA = {"wiki1m_subset": "wiki/wiki1m_subset.txt", "wiki1m": "wiki/wiki1m_for_simcse.txt"}
 SICK_SUFFIX = "+sick"  # `wiki1m+sick`: the corpus and the unlabelled SICK sentences (official stage 2; transductive)
+DATASETS_CORPORA = ("wiki1m",)  # tokenised through Hugging Face `datasets` (also with +sick): tokenized_corpus
 
 # SentEval's sub-sets per STS year (STS13 "SMT" has gold scores but no input: SentEval skips it).
 STS_SUBSETS: dict[str, tuple[str, ...]] = {
@@ -106,6 +109,51 @@ def content_digest(path: str | os.PathLike) -> str:
     return _DIGESTS[key]
 
 
+DEBRIS_AGE_S = 600  # a temporary that nothing has touched for 10 minutes belongs to a dead writer
+# What a killed writer leaves in a cache folder: files.write_folder's `X.tmp` / `X.old` folders, write_npz's
+# `.X.tmp-PID.npz` files, and the `.unpack-*` / `.X.bad-*` folders of earlier versions of this module.
+_DEBRIS = re.compile(r"^(\.unpack-.*|\..+\.bad-.*|.+\.(tmp|old)|\..+\.tmp-\d+(\..*)?)$")
+
+
+def _last_touched(path: Path) -> float:
+    """The newest modification time of `path` and everything under it (a writer at work keeps touching its files)."""
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for p in path.rglob("*"):
+            try:
+                newest = max(newest, p.lstat().st_mtime)
+            except FileNotFoundError:  # removed while we looked: its owner is alive
+                return time.time()
+    return newest
+
+
+def sweep_debris(folder: Path, age_s: float = DEBRIS_AGE_S) -> list[Path]:
+    """Remove the temporaries that killed writers left in the cache folder `folder` (names in `_DEBRIS`); returns
+    what went. Rule: only what nothing has modified for `age_s` seconds. An unpack, a tokenisation and an atomic
+    write touch their files continuously (the slowest, an unpack, for seconds), and the callers hold the folder's
+    lock, which every writer there holds for the life of its temporary; the age guards a writer that the lock cannot
+    see (another machine on a file system whose locks are local)."""
+    gone = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return gone
+    for path in entries:
+        if not _DEBRIS.match(path.name):
+            continue
+        try:
+            if time.time() - _last_touched(path) < age_s:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            gone.append(path)
+        except OSError:  # vanished, or not ours to remove: leave it
+            continue
+    return gone
+
+
 # ---------------------------------------------------------------- the shipped data
 
 def _manifest(folder: Path = SHIPPED_DIR) -> dict[str, str]:
@@ -133,8 +181,9 @@ def shipped_data_dir(folder: Path = SHIPPED_DIR) -> Path:
     """The shipped data, unpacked into `cache_root()/data/<manifest digest>/` on first use.
 
     The archive is extracted into a temporary folder, every file is checked against the manifest, and only then
-    is the folder renamed into place; a folder already there is re-verified once per process and, if a file is
-    missing or altered (a partial or corrupted unpack), moved aside and unpacked again. Never read unverified.
+    is the folder renamed into place (files.write_folder); a folder already there is re-verified once per process
+    and, if a file is missing or altered (a partial or corrupted unpack), replaced by a fresh unpack. Never read
+    unverified. Temporaries of killed unpacks are removed on the way (`sweep_debris`).
     """
     manifest = _manifest(folder)
     digest = hashlib.sha256((folder / MANIFEST_NAME).read_bytes()).hexdigest()[:12]
@@ -150,12 +199,9 @@ def shipped_data_dir(folder: Path = SHIPPED_DIR) -> Path:
         root.mkdir(parents=True, exist_ok=True)
         with open(root / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one process unpacks; the others wait, then verify
-            if target.is_dir() and not _matches(target, manifest):
-                aside = root / f".{digest}.bad-{uuid.uuid4().hex[:8]}"
-                target.rename(aside)
-                shutil.rmtree(aside, ignore_errors=True)
-            if not target.is_dir():
-                _unpack(archive, manifest, root, target)
+            sweep_debris(root)  # under the lock that every unpacker holds while its temporary exists
+            if not (target.is_dir() and _matches(target, manifest)):
+                _unpack(archive, manifest, target)
     except OSError as e:
         raise DataError(f"cannot unpack the shipped data into {root} ({e.strerror or e})",
                         f"free disk space or make it writable, or set {CACHE_ENV} to a writable folder") from None
@@ -163,9 +209,10 @@ def shipped_data_dir(folder: Path = SHIPPED_DIR) -> Path:
     return target
 
 
-def _unpack(archive: Path, manifest: dict[str, str], root: Path, target: Path) -> None:
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".unpack-"))
-    try:
+def _unpack(archive: Path, manifest: dict[str, str], target: Path) -> None:
+    """Extract and verify into a temporary folder that replaces `target` only when complete (files.write_folder:
+    a damaged archive, a full disk or a kill never leaves a folder that could be read as the data)."""
+    def fill(tmp: Path) -> None:
         try:
             with tarfile.open(archive, "r:xz") as tar:
                 tar.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
@@ -177,9 +224,8 @@ def _unpack(archive: Path, manifest: dict[str, str], root: Path, target: Path) -
         if bad:
             raise DataError(f"the shipped data archive {archive} does not match {MANIFEST_NAME} "
                             f"({len(bad)} file(s), e.g. {bad[0]})", "restore data/ from git (git checkout -- data)")
-        tmp.rename(target)  # atomic: the folder appears complete or not at all
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    write_folder(target, fill, "shipped data", fix=f"or set {CACHE_ENV} to a folder on a disk with space")
 
 
 # ---------------------------------------------------------------- data folder
@@ -366,8 +412,9 @@ def corpus_digest(corpus: str, data_dir=None) -> str:
 
 
 def read_corpus(corpus: str, data_dir=None, limit: int | None = None) -> list[str]:
-    """The corpus's non-blank lines (`str.splitlines`, as the `text` loader of `datasets` splits them), the first
-    `limit` of them; a missing, binary, non-UTF-8 or blank file is a DataError naming it.
+    """The corpus's non-blank lines (`str.splitlines`, as the `text` loader of `datasets` 1.x that SimCSE used
+    splits them; since huggingface/datasets#3910 it splits on newlines only), the first `limit` of them; a missing,
+    binary, non-UTF-8 or blank file is a DataError naming it.
 
     `<corpus>+sick` appends the unlabelled sentences of SICK (train, trial and test; sentence A then B of each pair,
     each distinct sentence once), as the official stage-2 corpus does. TRANSDUCTIVE: SICK-R's test split is one of
@@ -411,16 +458,41 @@ def tokenizer_digest(tokenizer) -> str:
     return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 
+def _encode(tokenizer, batch: list[str], max_length: int) -> tuple[list[list[int]], list[int]]:
+    """(ids truncated to `max_length`, lengths before truncation) of a batch of sentences, special tokens included:
+    the one definition both engines of `tokenized_corpus` call, so that their ids agree."""
+    full = [len(t) for t in tokenizer(batch, add_special_tokens=True, truncation=False)["input_ids"]]
+    return tokenizer(batch, truncation=True, max_length=max_length)["input_ids"], full
+
+
+ENGINES = ("auto", "python", "datasets")
+
+
 def tokenized_corpus(corpus: str, tokenizer, max_length: int, data_dir=None, limit: int | None = None,
-                     progress: bool = True) -> TokenizedCorpus:
+                     progress: bool = True, engine: str = "auto") -> TokenizedCorpus:
     """The corpus tokenised once (truncated to `max_length`) and cached in `cache_root()/tokenized/`, keyed on the
     corpus's content, the limit, the tokenizer's definition and max_length: an edited corpus is re-tokenised,
-    a moved one is not. Padding is left to the collator (dynamic, per batch)."""
+    a moved one is not. Padding is left to the collator (dynamic, per batch).
+
+    Two engines give the same ids (one `_encode`). `python`: in this process, cached as one `.npz`; the shipped
+    subset and the smoke corpora take it. `datasets` (the full Wiki1M, `DATASETS_CORPORA`): memory-mapped Arrow
+    and `Dataset.map` on every core of the machine, cached as a folder of Arrow files; under torch.distributed
+    rank 0 tokenises while the other ranks wait. `auto` picks by corpus name."""
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown tokenisation engine {engine!r}", f"use one of {', '.join(ENGINES)}")
+    if engine == "auto":
+        engine = "datasets" if corpus.removesuffix(SICK_SUFFIX) in DATASETS_CORPORA else "python"
+    key = hashlib.sha256(json.dumps([corpus_digest(corpus, data_dir), limit, tokenizer_digest(tokenizer),
+                                     max_length]).encode()).hexdigest()[:16]
+    if engine == "datasets":
+        return _tokenized_with_datasets(corpus, tokenizer, max_length, data_dir, limit, key, progress)
+    return _tokenized_in_process(corpus, tokenizer, max_length, data_dir, limit, key, progress)
+
+
+def _tokenized_in_process(corpus, tokenizer, max_length, data_dir, limit, key, progress) -> TokenizedCorpus:
     from .progress import progress_bar
 
-    key = hashlib.sha256(json.dumps([corpus_digest(corpus, data_dir), limit, tokenizer_digest(tokenizer),
-                                     max_length]).encode())
-    cache = cache_root() / "tokenized" / f"{key.hexdigest()[:16]}.npz"
+    cache = cache_root() / "tokenized" / f"{key}.npz"
     if cache.is_file():
         try:
             with np.load(cache) as f:
@@ -432,15 +504,163 @@ def tokenized_corpus(corpus: str, tokenizer, max_length: int, data_dir=None, lim
     step = 1000
     for start in progress_bar(range(0, len(sentences), step), desc="tokenising corpus", disable=not progress,
                               total=-(-len(sentences) // step)):
-        batch = sentences[start:start + step]
-        full += [len(t) for t in tokenizer(batch, add_special_tokens=True, truncation=False)["input_ids"]]
-        enc = tokenizer(batch, truncation=True, max_length=max_length)["input_ids"]
+        enc, untruncated = _encode(tokenizer, sentences[start:start + step], max_length)
+        full += untruncated
         ids += [np.asarray(t, dtype=np.int32) for t in enc]
         lengths += [len(t) for t in enc]
     result = TokenizedCorpus(np.concatenate(ids), np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
                              np.asarray(full, dtype=np.int32))
+    sweep_debris(cache.parent)  # what killed writes left (no lock here: the age rule alone)
     write_npz(cache, {"ids": result.ids, "offsets": result.offsets, "n_untruncated": result.n_untruncated})
     return result
+
+
+# ---------------------------------------------------------------- the datasets engine (the full corpus)
+
+ROWS_PER_WORKER = 20_000  # below this a worker process costs more (start, tokenizer unpickled) than it saves
+
+
+def _cores() -> int:
+    """The cores this process may run on (its affinity mask, e.g. a Slurm or taskset share), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _check_text_file(path: Path) -> None:
+    """What `read_text` refuses (binary, not UTF-8), checked in blocks: the full corpus is never held in memory."""
+    fix = "use a UTF-8 text file with one sentence per line"
+    decoder, offset = codecs.getincrementaldecoder("utf8")(), 0
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                if b"\x00" in block:
+                    raise DataError(f"corpus file {path} is binary, not text", fix)
+                try:
+                    decoder.decode(block)
+                except UnicodeDecodeError as e:
+                    raise DataError(f"corpus file {path} is not UTF-8 text (byte {offset + e.start})", fix) from None
+                offset += len(block)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise DataError(f"corpus file {path} is not UTF-8 text (it ends inside a character)", fix) from None
+    except OSError as e:
+        raise DataError(f"cannot read corpus file {path} ({e.strerror or e})", fix) from None
+
+
+def _nonblank_lines(batch: dict) -> dict:
+    """`datasets`' text loader splits on newlines only; `read_corpus` splits with `str.splitlines` (also on \\x0c,
+    \\x85, \\u2028, ...) and drops blank lines: the same here, so that both engines see the same sentences."""
+    return {"text": [line for row in batch["text"] for line in row.splitlines() if line.strip()]}
+
+
+def _tokenise_rows(batch: dict, tokenizer, max_length: int) -> dict:
+    ids, full = _encode(tokenizer, batch["text"], max_length)
+    return {"input_ids": ids, "n_untruncated": full}
+
+
+def _build_arrow_tokens(corpus, tokenizer, max_length, data_dir, limit, key, target: Path, progress) -> None:
+    """Tokenise through `datasets` into `target`, a folder of Arrow files (`tokens*.arrow`, one per worker) and
+    `meta.json` (rows and tokens, to detect a truncated file), written whole or not at all (files.write_folder)."""
+    import datasets
+
+    path, *sick = corpus_files(corpus, data_dir)
+    _check_text_file(path)
+    features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
+                                  "n_untruncated": datasets.Value("int32")})
+
+    def fill(tmp: Path) -> None:
+        # the text as memory-mapped Arrow under tmp (datasets' own cache is keyed on path and mtime; ours on content)
+        text = datasets.Dataset.from_text(str(path), cache_dir=str(tmp / "text"), keep_linebreaks=False)
+        lines = text.map(_nonblank_lines, batched=True, remove_columns=["text"], new_fingerprint=f"{key}-lines",
+                         cache_file_name=str(tmp / "text" / "lines.arrow"), desc="reading corpus")
+        if sick:  # as read_corpus: each distinct SICK sentence once, after the corpus
+            pairs = [load_sick(split, data_dir) for split in _SICK_FILES]
+            extra = list(dict.fromkeys(s for p in pairs for a, b in zip(p.sent1, p.sent2) for s in (a, b)))
+            lines = datasets.concatenate_datasets([lines, datasets.Dataset.from_dict({"text": extra})])
+        if limit is not None and limit < len(lines):
+            lines = lines.select(range(limit))
+        if len(lines) == 0:
+            raise DataError(f"corpus {path} has no non-blank line", "use a text file with one sentence per line")
+        workers = max(1, min(_cores(), len(lines) // ROWS_PER_WORKER))
+        # new_fingerprint: the content key, so datasets neither hashes the tokenizer nor keys on where files lie
+        tokens = lines.map(_tokenise_rows, batched=True, batch_size=1000, remove_columns=["text"], features=features,
+                           fn_kwargs={"tokenizer": tokenizer, "max_length": max_length},
+                           num_proc=workers if workers > 1 else None, new_fingerprint=key,
+                           cache_file_name=str(tmp / "tokens.arrow"), desc="tokenising corpus")
+        meta = {"rows": len(tokens), "tokens": sum(len(c.flatten()) for c in tokens.data.column("input_ids").chunks)}
+        del text, lines, tokens
+        shutil.rmtree(tmp / "text")  # only the tokens are kept
+        write_json(tmp / "meta.json", meta)
+
+    was_disabled = datasets.utils.are_progress_bars_disabled()
+    if not progress:
+        datasets.utils.disable_progress_bars()
+    try:
+        write_folder(target, fill, "token cache", fix=f"or set {CACHE_ENV} to a folder on a disk with space")
+    finally:
+        if not progress and not was_disabled:
+            datasets.utils.enable_progress_bars()
+
+
+def _read_arrow_tokens(target: Path) -> TokenizedCorpus | None:
+    """The cached tokens in `target`, or None when absent or damaged (then rebuilt, never trusted)."""
+    if not target.is_dir():
+        return None
+    import datasets
+    import pyarrow as pa
+
+    try:
+        meta = read_json(target / "meta.json")
+        files = sorted(target.glob("tokens*.arrow"))  # tokens_00000_of_0000N.arrow sort in worker order
+        table = datasets.concatenate_datasets([datasets.Dataset.from_file(str(f)) for f in files]).data
+        column = pa.concat_arrays(table.column("input_ids").chunks)  # one copy into memory: (n,) lists of int32
+        ids = column.flatten().to_numpy()
+        offsets = np.asarray(column.offsets, dtype=np.int64)
+        n_untruncated = table.column("n_untruncated").to_numpy().astype(np.int32)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, pa.ArrowException, JtcseError):
+        return None
+    if len(n_untruncated) != meta.get("rows") or len(ids) != meta.get("tokens") or offsets[-1] != len(ids):
+        return None  # a file cut short at a record-batch boundary reads without error: the counts catch it
+    return TokenizedCorpus(ids, offsets, n_untruncated)
+
+
+def _tokenized_with_datasets(corpus, tokenizer, max_length, data_dir, limit, key, progress) -> TokenizedCorpus:
+    from . import distributed
+
+    folder = cache_root() / "tokenized"
+    target = folder / f"{key}.arrow"
+
+    def build() -> None:
+        # one builder per cache folder; a concurrent process waits here, then finds the entry made
+        with exclusive_lock(folder / ".lock", "the token cache", wait=True):
+            if _read_arrow_tokens(target) is None:
+                sweep_debris(folder)  # under the lock every builder holds while its temporary exists
+                _build_arrow_tokens(corpus, tokenizer, max_length, data_dir, limit, key, target, progress)
+
+    cached = None
+    if distributed.active():  # rank 0 tokenises on every core; the other ranks wait for its verdict
+        # every rank takes part whatever its own view of the cache: a rank that returned early on finding the
+        # entry (made by rank 0 while it started) would leave rank 0 waiting at the broadcast
+        failure = None
+        if distributed.is_main():
+            try:
+                cached = _read_arrow_tokens(target)
+                if cached is None:
+                    build()
+            except Exception as e:
+                distributed.broadcast_object(f"{type(e).__name__}: {e}")  # the others stop too, not at a timeout
+                raise
+        failure = distributed.broadcast_object(failure)
+        if failure is not None:
+            raise DataError(f"rank 0 could not tokenise the corpus ({failure})", "see rank 0's error above")
+    if cached is None:
+        cached = _read_arrow_tokens(target)  # None also on a node whose cache folder rank 0 does not share
+    if cached is None:
+        build()
+        cached = _read_arrow_tokens(target)
+    if cached is None:
+        raise FileProblem(f"the token cache {target} was written but cannot be read back",
+                          f"remove it and run again, or set {CACHE_ENV} to another folder")
+    return cached
 
 
 # ---------------------------------------------------------------- download (machines with internet)
@@ -490,11 +710,11 @@ def download_data(dest: str | os.PathLike = "data-full", full_corpus: bool = Tru
         tar = hf_hub_download(HUB_DATASET, "senteval.tar", repo_type="dataset")
         extract_senteval(tar, dest)
         (dest / "wiki").mkdir(exist_ok=True)
-        shutil.copyfile(subset, dest / CORPORA["wiki1m_subset"])
-        if full_corpus:
+        write_file(dest / CORPORA["wiki1m_subset"], lambda tmp: shutil.copyfile(subset, tmp))
+        if full_corpus:  # atomic: a kill mid-copy leaves no truncated corpus for JTCSE_DATA_DIR to read
             wiki = hf_hub_download(HUB_DATASET, "wiki1m_for_simcse.txt", repo_type="dataset")
-            shutil.copyfile(wiki, dest / CORPORA["wiki1m"])
-    except DataError:
+            write_file(dest / CORPORA["wiki1m"], lambda tmp: shutil.copyfile(wiki, tmp))
+    except (DataError, FileProblem):
         raise
     except Exception as e:  # network errors come in many types (requests, httpx, OSError)
         raise DataError(f"download from the Hub dataset {HUB_DATASET} failed ({type(e).__name__}: {e})",

@@ -56,7 +56,7 @@ def _tree_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
 
 
-def is_disk_full(error: BaseException, folder: Path, margin: int = 1 << 20) -> bool:
+def is_disk_full(error: BaseException, folder: Path, margin: int = 64 << 20) -> bool:
     """Whether `error`, raised while writing into `folder`, means the disk is full: ENOSPC/EDQUOT, or a library's
     write error ("No space left", torch's "file write failed") while the disk has less than `margin` bytes free."""
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -103,8 +103,10 @@ def _write_atomically(path: str | os.PathLike, write) -> Path:
         write(tmp)
         tmp.replace(path)
     except Exception as e:  # OSError, and what numpy or a library raises on a full disk
-        problem = write_failure(e, path, "file", need_bytes=2 * _tree_bytes(tmp))  # before the space is freed
+        problem = _as_write_problem(e, path, "file", 2 * _tree_bytes(tmp))  # judged before the space is freed
         tmp.unlink(missing_ok=True)
+        if problem is None:  # not the file system's doing: a bug keeps its traceback
+            raise
         raise problem from None
     return path
 
@@ -122,18 +124,32 @@ def write_folder(final: Path, write, what: str, fix: str = "or write elsewhere")
         tmp.mkdir(parents=True)
         write(tmp)
     except Exception as e:  # OSError, SafetensorError, torch's RuntimeError ...: the previous version is intact
-        problem = e if isinstance(e, JtcseError) else write_failure(  # judged before the space is freed
-            e, tmp, f"{what} folder", need_bytes=max(_tree_bytes(final), _tree_bytes(tmp)) + (1 << 20), fix=fix)
+        problem = None if isinstance(e, JtcseError) else _as_write_problem(  # judged before the space is freed
+            e, tmp, f"{what} folder", max(_tree_bytes(final), _tree_bytes(tmp)) + (1 << 20), fix)
         shutil.rmtree(tmp, ignore_errors=True)
+        if problem is None:  # a JtcseError, or a bug: unchanged
+            raise
         raise problem from None
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
+    try:
+        if old.exists():
+            shutil.rmtree(old)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        if old.exists():
+            shutil.rmtree(old)
+    except OSError as e:  # readers fall back to final.old, which a rerun tidies
+        raise write_failure(e, final, f"{what} folder", fix=fix) from None
     return final
+
+
+def _as_write_problem(error: BaseException, target: Path, what: str, need_bytes: int,
+                      fix: str = "or write elsewhere") -> FileProblem | None:
+    """The one-line error for a failed write when the file system caused it (an OSError, or a library's full-disk
+    error); None for anything else, which is a bug and keeps its traceback."""
+    if isinstance(error, OSError) or is_disk_full(error, Path(target).parent):
+        return write_failure(error, target, what, need_bytes=need_bytes, fix=fix)
+    return None
 
 
 # ---------------------------------------------------------------- locks
@@ -188,6 +204,12 @@ def lock_holder(path: str | os.PathLike) -> str | None:
         return None
     finally:
         os.close(fd)
+
+
+def write_file(path: str | os.PathLike, write) -> Path:
+    """`write(tmp)` writes the file (e.g. `fig.savefig`), atomically: a reader sees the whole file or none, and a
+    full disk is `NoSpace`. The temporary file keeps `path`'s suffix, which savefig and np.savez go by."""
+    return _write_atomically(path, write)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -8,13 +8,13 @@ run never overwrites a committed figure.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .data import STS_TASKS
+from .files import write_file, write_json, write_text
 from .provenance import provenance
 from .runs import REPO_ROOT, runs_root
 
@@ -53,15 +53,20 @@ SIMCSE_TRANSFER = {"MR": 81.18, "CR": 86.46, "SUBJ": 94.45, "MPQA": 88.88, "SST2
 PAPER_POOLING = {"cls": 79.58, "mean": 78.19, "pooler": 69.28}
 
 
+# Profiles that only prove the code runs (CI, nbval): their tables and figures go to the ignored run cache, never
+# into the tracked results/ and figures/.
+SCRATCH_PROFILES = ("smoke", "paper-tiny")
+
+
 def results_dir(profile: str) -> Path:
-    path = runs_root() / "smoke" / "results" if profile == "smoke" else REPO_ROOT / "results" / profile
+    path = runs_root() / profile / "results" if profile in SCRATCH_PROFILES else REPO_ROOT / "results" / profile
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def figures_dir(profile: str) -> Path:
-    if profile == "smoke":
-        path = runs_root() / "smoke" / "figures"
+    if profile in SCRATCH_PROFILES:
+        path = runs_root() / profile / "figures"
     elif profile == "cpu":
         path = REPO_ROOT / "figures"
     else:
@@ -75,9 +80,9 @@ def save_figure(fig, profile: str, name: str, dpi: int = 160) -> Path:
     software stamp is written, so the same figure gives the same bytes on a re-run."""
     folder = figures_dir(profile)
     png = folder / f"{name}.png"
-    fig.savefig(png, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
-    fig.savefig(folder / f"{name}.pdf", bbox_inches="tight", metadata={"CreationDate": None, "Producer": None,
-                                                                         "Creator": None})
+    write_file(png, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", metadata={"Software": None}))
+    write_file(folder / f"{name}.pdf", lambda tmp: fig.savefig(tmp, bbox_inches="tight", metadata={
+        "CreationDate": None, "Producer": None, "Creator": None}))
     return png
 
 
@@ -113,9 +118,9 @@ def write_table(df: pd.DataFrame, profile: str, name: str, config: dict | None =
     """Write `results/<profile>/<name>.csv` and a `<name>.meta.json` with the config and provenance."""
     folder = results_dir(profile)
     path = folder / f"{name}.csv"
-    df.to_csv(path, index=False, float_format="%.6g")  # 6 significant digits: keeps lr 3e-05
+    write_text(path, df.to_csv(index=False, float_format="%.6g"))  # 6 significant digits: keeps lr 3e-05
     meta = {"table": path.name, "profile": profile, "config": config, **provenance(timestamp=False)}
-    (folder / f"{name}.meta.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    write_json(folder / f"{name}.meta.json", meta)
     return path
 
 

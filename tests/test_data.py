@@ -1,8 +1,13 @@
+import errno
+import os
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from jtcse_lib import data
-from jtcse_lib.errors import DataError
+from jtcse_lib.errors import ConfigError, DataError, JtcseError
 
 
 def test_resolution_order(tiny_data, tmp_path, monkeypatch):
@@ -222,6 +227,266 @@ def test_a_damaged_token_cache_is_rebuilt(tiny_data, minilm, cache_here):
     entry.write_bytes(entry.read_bytes()[:50])
     again = data.tokenized_corpus("wiki1m_subset", tokenizer, 16, tiny_data, progress=False)
     assert again.ids.tolist() == first.ids.tolist()
+
+
+# ------------------------------------------------------------------- the datasets engine
+
+# Lines that tell splitters apart: CRLF and lone CR ends, Unicode line separators inside a line (str.splitlines
+# breaks there, datasets' text loader does not), blank and whitespace-only lines, a BOM, non-ASCII, long lines
+# (truncated at max_length), no newline at the end.
+_TRICKY = ("\ufeffA first line with a BOM.\r\nSecond line, CRLF.\r\n\r\n   \t \nThird\u2028after a line separator\n"
+           "Fourth\x0cform feed\x85next line\rlone CR\n"
+           + "".join(f"Sentence {i} about caf\u00e9s, \u6f22\u5b57 and {' '.join(['words'] * (i % 40))}.\n"
+                     for i in range(60))
+           + "last line without a newline")  # 69 sentences
+
+
+def _same(a, b) -> bool:
+    return all(np.array_equal(x, y) and x.dtype == y.dtype
+               for x, y in ((a.ids, b.ids), (a.offsets, b.offsets), (a.n_untruncated, b.n_untruncated)))
+
+
+@pytest.fixture
+def tricky_corpus(tmp_path):
+    path = tmp_path / "tricky.txt"
+    path.write_bytes(_TRICKY.encode("utf8"))
+    return path
+
+
+@pytest.mark.parametrize("sick, limit, workers", [(False, None, 1), (True, 70, 1), (True, None, 2)])
+def test_the_datasets_engine_gives_the_python_engines_ids(tricky_corpus, tiny_data, minilm, cache_here, monkeypatch,
+                                                           sick, limit, workers):
+    _, tokenizer = minilm
+    if workers > 1:  # shards of a few rows each, tokenised in 2 worker processes and put back in order
+        monkeypatch.setattr(data, "ROWS_PER_WORKER", 1)
+        monkeypatch.setattr(data, "_cores", lambda: workers)
+    corpus = str(tricky_corpus) + ("+sick" if sick else "")
+    ours = data.tokenized_corpus(corpus, tokenizer, 12, tiny_data, limit, progress=False, engine="datasets")
+    today = data.tokenized_corpus(corpus, tokenizer, 12, tiny_data, limit, progress=False, engine="python")
+    assert _same(ours, today)
+    lines = data.read_corpus(corpus, tiny_data, limit)
+    assert len(ours) == len(lines) and len(lines) == (70 if limit else 69 + (14 if sick else 0))  # 14 SICK
+    assert "Third" in lines and "after a line separator" in lines  # split at the separator, as read_corpus does
+    assert ours.sentence(5).tolist() == tokenizer(lines[5], truncation=True, max_length=12)["input_ids"]
+    entry = cache_here / next(p.name for p in cache_here.glob("*.arrow"))
+    assert len(list(entry.glob("tokens*.arrow"))) == workers  # one Arrow file per worker
+    assert not (entry / "text").exists()  # the text copy is dropped: only the tokens are cached
+
+
+def test_the_engine_follows_the_corpus_name(tiny_data, minilm, cache_here):
+    _, tokenizer = minilm
+    (tiny_data / "wiki" / "wiki1m_for_simcse.txt").write_text("Full one.\nFull two.\n", encoding="utf8")
+    data.tokenized_corpus("wiki1m_subset", tokenizer, 16, tiny_data, progress=False)
+    assert len(list(cache_here.glob("*.npz"))) == 1 and not list(cache_here.glob("*.arrow"))
+    full = data.tokenized_corpus("wiki1m", tokenizer, 16, tiny_data, progress=False)
+    plus = data.tokenized_corpus("wiki1m+sick", tokenizer, 16, tiny_data, progress=False)
+    assert len(list(cache_here.glob("*.arrow"))) == 2 and len(list(cache_here.glob("*.npz"))) == 1
+    assert full.sentence(1).tolist() == tokenizer("Full two.")["input_ids"] and len(plus) == 2 + 14
+    with pytest.raises(ConfigError, match="unknown tokenisation engine 'arrow'"):
+        data.tokenized_corpus("wiki1m", tokenizer, 16, tiny_data, engine="arrow")
+
+
+def test_the_datasets_cache_is_read_keyed_on_content_and_rebuilt_when_damaged(tricky_corpus, tmp_path, minilm,
+                                                                              cache_here, monkeypatch):
+    import json
+    import shutil
+
+    _, tokenizer = minilm
+    first = data.tokenized_corpus(str(tricky_corpus), tokenizer, 12, progress=False, engine="datasets")
+    moved = shutil.copy(tricky_corpus, tmp_path / "moved.txt")
+    real_build = data._build_arrow_tokens
+    monkeypatch.setattr(data, "_build_arrow_tokens", lambda *a: pytest.fail("tokenised again"))
+    assert _same(data.tokenized_corpus(str(moved), tokenizer, 12, progress=False, engine="datasets"), first)
+    monkeypatch.setattr(data, "_build_arrow_tokens", real_build)
+    (entry,) = cache_here.glob("*.arrow")
+    meta = json.loads((entry / "meta.json").read_text())
+    for damage in ("count", "truncate", "meta"):
+        if damage == "count":  # as a file cut at a record-batch boundary reads: fewer rows, no error
+            (entry / "meta.json").write_text(json.dumps({**meta, "rows": meta["rows"] + 1}))
+        elif damage == "truncate":
+            arrow = next(entry.glob("tokens*.arrow"))
+            arrow.write_bytes(arrow.read_bytes()[:300])
+        else:
+            (entry / "meta.json").unlink()
+        assert data._read_arrow_tokens(entry) is None, damage  # never trusted ...
+        assert _same(data.tokenized_corpus(str(moved), tokenizer, 12, progress=False, engine="datasets"), first)
+        assert data._read_arrow_tokens(entry) is not None  # ... but rebuilt in place
+    assert sorted(p.name for p in cache_here.iterdir()) == [".lock", entry.name]  # no temporary left
+
+
+def test_importing_the_library_data_module_does_not_import_datasets(tmp_path):
+    """`datasets` (and torch) are imports of the full-corpus engine only; the light engine does without them."""
+    import subprocess
+    import sys
+
+    (tmp_path / "c.txt").write_text("one two\nthree\n")
+    code = f"""
+import sys
+from jtcse_lib import data
+
+class Tok:  # the interface tokenized_corpus uses, without transformers
+    all_special_ids = [1, 2]
+    def get_vocab(self):
+        return {{"w": 3}}
+    def __call__(self, batch, add_special_tokens=True, truncation=False, max_length=None):
+        ids = [[1, *(3 for _ in s.split()), 2] for s in batch]
+        return {{"input_ids": [t[:max_length - 1] + [2] if truncation and len(t) > max_length else t for t in ids]}}
+
+tok = data.tokenized_corpus({str(tmp_path / "c.txt")!r}, Tok(), 3, progress=False)
+assert tok.sentence(0).tolist() == [1, 3, 2] and tok.n_untruncated.tolist() == [4, 3], tok
+heavy = sorted(m for m in ("datasets", "pyarrow", "torch") if m in sys.modules)
+assert not heavy, heavy
+"""
+    env = {**os.environ, data.CACHE_ENV: str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# ------------------------------------------------------------------- torch.distributed: rank 0 tokenises
+
+_RANKS = """
+import json, os, sys
+import torch.distributed as dist
+from jtcse_lib import data
+from jtcse_lib.backbones import load_tokenizer
+
+dist.init_process_group("gloo")
+rank, out, mode = dist.get_rank(), sys.argv[1], sys.argv[2]
+build = data._build_arrow_tokens
+
+def counted(*args):
+    open(os.path.join(out, f"built-{rank}"), "w").close()
+    if mode == "fail":
+        raise RuntimeError("simulated failure")
+    build(*args)
+
+data._build_arrow_tokens = counted
+try:
+    tok = data.tokenized_corpus(sys.argv[3], load_tokenizer("minilm"), 12, progress=False, engine="datasets")
+    result = {"ids": tok.ids.tolist(), "n": tok.n_untruncated.tolist()}
+except Exception as e:
+    result = {"error": f"{type(e).__name__}: {e}"}
+json.dump(result, open(os.path.join(out, f"rank-{rank}.json"), "w"))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["ok", "fail"])
+def test_under_torch_distributed_rank_0_tokenises_and_the_others_wait(tricky_corpus, tmp_path, mode):
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "ranks.py"
+    script.write_text(_RANKS)
+    env = {**os.environ, data.CACHE_ENV: str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), str(tmp_path), mode, str(tricky_corpus)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert sorted(p.name for p in tmp_path.glob("built-*")) == ["built-0"]  # one tokenisation, by rank 0
+    if mode == "ok":
+        assert ranks[0] == ranks[1] and len(ranks[0]["n"]) == 69
+    else:  # rank 1 stops with rank 0's cause at once, instead of waiting at a barrier until the timeout
+        assert "simulated failure" in ranks[0]["error"]
+        assert "rank 0 could not tokenise the corpus (RuntimeError: simulated failure)" in ranks[1]["error"]
+
+
+# ------------------------------------------------------------------- full disks and debris
+
+def _full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_during_the_token_cache_write_leaves_nothing_and_says_so(tiny_data, minilm, cache_here,
+                                                                             monkeypatch):
+    _, tokenizer = minilm
+    real_savez = np.savez
+
+    def savez_until_full(file, **arrays):  # half the file, then the disk is full
+        real_savez(file, **arrays)
+        Path(file).write_bytes(Path(file).read_bytes()[:100])
+        _full_disk()
+
+    monkeypatch.setattr(np, "savez", savez_until_full)
+    with pytest.raises(JtcseError, match="no space left"):
+        data.tokenized_corpus("wiki1m_subset", tokenizer, 16, tiny_data, progress=False)
+    assert list(cache_here.iterdir()) == []
+
+
+def test_a_full_disk_during_the_datasets_cache_write_leaves_nothing_and_says_so(tmp_path, minilm, cache_here,
+                                                                                monkeypatch):
+    _, tokenizer = minilm
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("".join(f"sentence number {i}\n" for i in range(2500)))
+    real, calls = data._tokenise_rows, []
+
+    def tokenise_until_full(batch, **kwargs):  # the first of three batches is written, then the disk is full
+        calls.append(1)
+        if len(calls) > 1:
+            _full_disk()
+        return real(batch, **kwargs)
+
+    monkeypatch.setattr(data, "_tokenise_rows", tokenise_until_full)
+    with pytest.raises(JtcseError, match="no space left"):
+        data.tokenized_corpus(str(corpus), tokenizer, 16, progress=False, engine="datasets")
+    assert len(calls) == 2 and [p.name for p in cache_here.iterdir()] == [".lock"]
+
+
+def test_a_full_disk_during_the_unpack_leaves_nothing_and_says_so(private_cache, monkeypatch):
+    import tarfile
+
+    real = tarfile.TarFile.extract
+
+    def extract_until_full(self, member, path="", **kwargs):  # some files land, then the disk is full
+        if "SICK" in member.name:
+            _full_disk()
+        return real(self, member, path, **kwargs)
+
+    def extractall(self, path=".", **kwargs):
+        for member in self.getmembers():
+            extract_until_full(self, member, path, **kwargs)
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", extractall)
+    with pytest.raises(JtcseError, match="no space left"):
+        data.shipped_data_dir()
+    assert [p.name for p in (private_cache / "data").iterdir()] == [".lock"]
+
+
+def _age(path, seconds):
+    """Set the modification time of `path` and everything under it `seconds` into the past."""
+    when = time.time() - seconds
+    for p in [*path.rglob("*"), path]:
+        os.utime(p, (when, when))
+
+
+def test_temporaries_of_killed_unpacks_are_removed_and_live_ones_kept(private_cache):
+    root = private_cache / "data"
+    names = {"stale": ".unpack-k1ll3d", "stale_bad": ".0123456789ab.bad-1f2e3d4c", "stale_tmp": "0123456789ab.tmp",
+             "fresh": ".unpack-w0rk1n", "busy": ".unpack-sl0w"}
+    for name in names.values():  # a half-extracted tree each
+        (root / name / "senteval" / "SICK").mkdir(parents=True)
+        (root / name / "senteval" / "SICK" / "SICK_train.txt").write_text("half")
+    for kind in ("stale", "stale_bad", "stale_tmp", "busy"):
+        _age(root / names[kind], 3600)
+    (root / names["busy"] / "senteval" / "SICK" / "SICK_train.txt").write_text("still being written")
+    folder = data.shipped_data_dir()
+    assert len(data.load_stsb("dev", folder)) == 1500
+    left = {p.name for p in root.iterdir()}
+    assert left == {".lock", folder.name, names["fresh"], names["busy"]}  # nothing modified for 10 minutes: gone
+
+
+def test_a_stale_atomic_write_temporary_in_the_token_cache_is_removed(tiny_data, minilm, cache_here):
+    _, tokenizer = minilm
+    cache_here.mkdir(parents=True)
+    stale, fresh = cache_here / ".0123456789abcdef.tmp-4242.npz", cache_here / ".fedcba9876543210.tmp-4343.npz"
+    stale.write_bytes(b"PK half")
+    fresh.write_bytes(b"PK being written")
+    _age(stale, 3600)
+    data.tokenized_corpus("wiki1m_subset", tokenizer, 16, tiny_data, progress=False)
+    assert not stale.exists() and fresh.exists()
 
 
 # ------------------------------------------------------------------- the real data folder
