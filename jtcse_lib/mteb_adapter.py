@@ -149,7 +149,8 @@ def _model_meta(model, encoder, pooling: str, max_length: int | None, name: str 
                          release_date=None, languages=None, license=None,
                          open_weights=True, public_training_code=None, public_training_data=None,
                          training_datasets=None, reference=f"https://huggingface.co/{model}", **facts)
-    folders = [Path(model) / "tower_a", Path(model) / "tower_b"] if twin else [Path(model)]
+    folders = ([Path(model) / "tower_a", Path(model) / "tower_b"] if twin else
+               [Path(ref.source) if ref.kind == "built" else Path(model)])  # a built backbone lives in the cache
     return ModelMeta(name=name or f"jtcse_lib/{_label(Path(model))}", revision=_files_digest(folders),
                      release_date=None, languages=None, license=None, open_weights=None,
                      public_training_code=None, public_training_data=None, training_datasets=None, **facts)

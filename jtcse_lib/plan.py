@@ -132,9 +132,10 @@ def planned_runs(config: RunConfig, data_dir=None, count_steps: bool = True) -> 
     """Every training run of a complete pipeline under `config`, each once (the run cache trains it once).
     `count_steps=False` skips the corpus sizes (steps and evaluations are then 0): the runs alone, for the disk."""
     wanted = [(config.replace(seed=seed), stage, "main") for seed in config.seeds for stage in STAGES]
-    reference = config.replace(seed=config.seeds[0])
-    for a in chosen_ablations(reference, backbone_facts(config.backbone).depth or 12)[0]:
-        wanted.append((a.config(reference), a.stage, a.name))
+    for seed in config.seeds:  # notebook 06 runs every ablation on every seed (paired over seeds)
+        reference = config.replace(seed=seed)
+        for a in chosen_ablations(reference, backbone_facts(config.backbone).depth or 12)[0]:
+            wanted.append((a.config(reference), a.stage, a.name))
     runs, seen, sizes = [], set(), {}
     for cfg, stage, why in wanted:
         for needed in (*_PARENTS[stage], stage):  # an ablation's stage-1 towers are the reference's
@@ -147,7 +148,8 @@ def planned_runs(config: RunConfig, data_dir=None, count_steps: bool = True) -> 
             if count_steps:
                 if s.corpus not in sizes:
                     sizes[s.corpus] = corpus_sentences(s.corpus, data_dir)[0]
-                batches = sizes[s.corpus] // s.batch_size
+                sentences = min(sizes[s.corpus], s.corpus_limit or sizes[s.corpus])  # the corpus_limit first ones
+                batches = sentences // s.batch_size
                 steps = s.max_steps or s.epochs * max(1, batches // s.grad_accum)
             runs.append(PlannedRun(needed, cfg.seed, why if needed == stage else "main", steps,
                                    steps // s.eval_every + 1 if count_steps else 0, s.batch_size, s.max_length, key,

@@ -100,16 +100,18 @@ def show_figure(fig, profile: str, name: str) -> Path:
 def smoke_banner(config, measures: str | None = None) -> None:
     """Under the `smoke` profile, display the one warning every notebook gives: the numbers are meaningless.
     `measures` replaces the sentence about training for a notebook that trains nothing (what it measures on)."""
-    if config.profile != "smoke":
+    if config.profile not in SCRATCH_PROFILES:
         return
     from IPython.display import Markdown, display
 
+    span = f"{config.max_steps} steps" if config.max_steps else f"{config.epochs} epoch(s)"
     cut = f" and every STS test sub-set is cut to its first **{config.test_pairs} pairs**" if config.test_pairs else ""
     what = (f"It measures {measures}" if measures else
-            f"Each model is trained for **{config.max_steps} steps** on **{config.corpus_limit} sentences**, selected "
+            f"Each model is trained for **{span}** on **{config.corpus_limit} sentences**, selected "
             f"on {config.dev_pairs} STS-B dev pairs{cut}")
     display(Markdown(
-        f"> **⚠️ SMOKE PROFILE: every measured number in this notebook is meaningless.** {what}. The run only shows "
+        f"> **⚠️ {config.profile.upper()} PROFILE: every measured number in this notebook is meaningless.** {what}. "
+        "The run only shows "
         "that the notebook executes end to end; run it with `papermill ... -p profile cpu` (or `make reproduce`) for "
         "real numbers."))
 

@@ -51,11 +51,21 @@ def stage_key(config: RunConfig, stage: str, data_dir=None) -> str:
 
     _check_stage(stage)
     own = stage_settings(config, stage)
+    own["backbone"] = _backbone_identity(config.backbone)
     own["data"] = {"corpus": corpus_digest(config.for_stage(stage).corpus, data_dir),
                    "stsb_dev": content_digest(stsb_path("dev", data_dir))}
     own["training_version"] = TRAINING_VERSION  # a model trained by code that trained differently is not reused
     own["parents"] = [stage_key(config, p, data_dir) for p in _PARENTS[stage]]
     return config_hash(own)
+
+
+def _backbone_identity(backbone: str) -> str:
+    """A backbone as the run key holds it: its name, and for one the library builds (tiny-bert) the recipe its
+    cache folder is named by, so that a changed recipe retrains instead of reusing runs of the old model."""
+    from .backbones import resolve
+
+    ref = resolve(backbone) if backbone == "tiny-bert" else None  # resolve builds it: only for the built one
+    return f"{backbone}@{Path(ref.source).name}" if ref is not None and ref.kind == "built" else backbone
 
 
 def run_dir(config: RunConfig, stage: str, data_dir=None) -> Path:
@@ -183,7 +193,7 @@ def _scored_model(config: RunConfig, stage: str | None, data_dir, progress: bool
     """(the model to score, the folder its cached scores live in): the backbone's in
     runs/<profile>/backbone-<key>/, a stage's beside its best model (trained first if needed)."""
     if stage is None:
-        key = config_hash(config.to_dict(), ["backbone", "eval_max_length"])
+        key = config_hash({"backbone": _backbone_identity(config.backbone), "eval_max_length": config.eval_max_length})
         return config.backbone, runs_root() / config.profile / f"backbone-{key}"
     model = trained_model(config, stage, data_dir, progress)
     return model, model.parent

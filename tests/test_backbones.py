@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import BertConfig, BertModel
@@ -67,3 +69,54 @@ def test_a_run_folder_stands_for_its_best_model(tmp_path):
     assert backbones.model_folder(twin_run / "best") == str(twin_run / "best")
     assert backbones.model_folder("minilm") == "minilm"
     assert backbones.model_folder(tmp_path / "nowhere") == str(tmp_path / "nowhere")
+
+
+# ---------------------------------------------------------------- the tiny-bert backbone (params/paper-tiny.yaml)
+
+def test_tiny_bert_is_built_once_deterministically_with_a_pooler(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    built = []
+    for name in ("one", "two"):
+        monkeypatch.setenv("JTCSE_CACHE_DIR", str(tmp_path / name))
+        torch.manual_seed(123)
+        state = torch.random.get_rng_state()
+        ref = backbones.resolve("tiny-bert")
+        assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random numbers are untouched
+        assert ref.kind == "built" and Path(ref.source).parent == tmp_path / name / "backbones"
+        built.append(Path(ref.source))
+    assert built[0].name == built[1].name  # the folder is named by its recipe
+    a, b = (load_file(p / "model.safetensors") for p in built)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the same weights on every build
+    assert {"pooler.dense.weight", "pooler.dense.bias"} <= set(a)  # the official modulus term reads the pooler
+    mtime = (built[1] / "model.safetensors").stat().st_mtime_ns
+    assert backbones.resolve("tiny-bert").source == str(built[1])
+    assert (built[1] / "model.safetensors").stat().st_mtime_ns == mtime  # built once, then reused
+    model, tokenizer = backbones.load_backbone("tiny-bert")
+    assert backbones.depth("tiny-bert") == backbones.TINY_BERT["num_hidden_layers"] == 4
+    assert model.config.hidden_size == backbones.TINY_BERT["hidden_size"] and model.pooler is not None
+    minilm = backbones.load_tokenizer("minilm")  # MiniLM's BERT uncased WordPiece vocabulary
+    assert tokenizer("A man plays the Guitar.")["input_ids"] == minilm("A man plays the Guitar.")["input_ids"]
+
+
+def test_tiny_bert_built_by_two_processes_at_once_is_one_whole_folder(tmp_path, monkeypatch):
+    """The build goes to a temporary folder renamed into place: a process that finds the folder already there
+    when it renames (another one finished first) keeps that one and removes its own."""
+    import shutil
+    import tempfile
+
+    monkeypatch.setenv("JTCSE_CACHE_DIR", str(tmp_path / "other"))
+    other = Path(backbones.tiny_bert_dir())  # what the faster process built
+    monkeypatch.setenv("JTCSE_CACHE_DIR", str(tmp_path / "cache"))
+    final = tmp_path / "cache" / "backbones" / other.name
+    real_mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp_then_the_other_process_finishes(**kwargs):
+        tmp = real_mkdtemp(**kwargs)
+        shutil.copytree(other, final)
+        return tmp
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp_then_the_other_process_finishes)
+    assert backbones.tiny_bert_dir() == final
+    assert sorted(p.name for p in final.parent.iterdir()) == [final.name]  # no temporary folder left behind
+    assert (final / "model.safetensors").read_bytes() == (other / "model.safetensors").read_bytes()

@@ -27,3 +27,14 @@ def test_notebook_is_clean_and_parameterised(path):
     assert nb["cells"][0]["cell_type"] == "markdown" and "".join(nb["cells"][0]["source"]).startswith("# ")
     markdown = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown"]
     assert any("What we saw" in m for m in markdown), f"{path.name} has no closing 'What we saw' section"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_recorded_checks_name_their_own_notebook(path):
+    """`record_check(..., notebook=...)` is what the pipeline's end-of-run warnings list: it must name this one."""
+    import re
+
+    nb = json.loads(path.read_text(encoding="utf8"))
+    code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    assert code.count("record_check(") == len(re.findall(r'notebook="([^"]+)"', code))
+    assert set(re.findall(r'notebook="([^"]+)"', code)) <= {path.stem}

@@ -114,15 +114,17 @@ def test_a_pipeline_pins_the_commit_it_started_from(monkeypatch, tmp_path):
     from jtcse_lib import provenance
 
     monkeypatch.delenv(provenance.PINNED_COMMIT_ENV, raising=False)
+    monkeypatch.setenv(pipeline.WARNINGS_ENV, "/somewhere/else.jsonl")  # a value of the caller's, restored after
     seen = []
     monkeypatch.setattr(papermill, "execute_notebook",
                         lambda *a, **k: seen.append((os.environ.get(provenance.PINNED_COMMIT_ENV),
-                                                     provenance.git_commit())))
+                                                     provenance.git_commit(), os.environ[pipeline.WARNINGS_ENV])))
     monkeypatch.setattr(provenance, "git_commit", lambda repo=None: os.environ.get(provenance.PINNED_COMMIT_ENV)
                         or "abc123")
     pipeline.run_pipeline("smoke", only=["01"], out_dir=tmp_path)
-    assert seen == [("abc123", "abc123")]
+    assert seen == [("abc123", "abc123", str(tmp_path / "warnings.jsonl"))]  # the kernels write this run's file
     assert provenance.PINNED_COMMIT_ENV not in os.environ
+    assert os.environ[pipeline.WARNINGS_ENV] == "/somewhere/else.jsonl"
 
 
 def test_git_commit_reads_the_pin(monkeypatch):
