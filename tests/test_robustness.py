@@ -185,17 +185,22 @@ def _digests(folder):
 
 def test_a_second_training_into_the_same_folder_exits_at_once_naming_the_first(tiny_model_dir, tmp_path, real_data):
     out = tmp_path / "run"
-    cmd = _train_cmd(tiny_model_dir, out, real_data) + ["max_steps=30"]
+    # a first run far longer than the test (stopped with Ctrl-C below), so the second surely meets it running
+    cmd = [*_train_cmd(tiny_model_dir, out, real_data), "max_steps=100000", "eval_every=50000",
+           "checkpoint_every=50000"]
     first = _start(cmd)
     _wait_for_step(out, first, 1)
     second = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     err = second.stderr.strip().splitlines()
     assert second.returncode == 2 and len(err) == 1, second.stderr
     assert f"is in use by pid {first.pid} on " in err[0] and "Fix:" in err[0]
-    assert first.wait(timeout=600) == 0, first.stderr.read()
+    assert first.poll() is None  # the refusal came while the first was training
+    first.send_signal(signal.SIGINT)
+    _, first_err = first.communicate(timeout=300)
+    assert first.returncode == 130, first_err
     steps = [r["step"] for r in (json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines())
              if "loss" in r]
-    assert steps == list(range(1, 31))  # one line per logged step, in order: the second writer wrote nothing
+    assert steps == list(range(1, len(steps) + 1))  # one line per logged step, in order: the second wrote nothing
     assert len(json.loads((out / "run.json").read_text())["history"]) == 1
 
 
