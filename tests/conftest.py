@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -93,3 +94,29 @@ def tiny_model_dir(tmp_path_factory, minilm):
     BertModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(folder, megabytes: int):
+    """A real tmpfs of `megabytes` mounted at `folder` (created) while the block runs: a disk that fills up, or can
+    be remounted read-only. Skips the test with the reason where mounting needs root and this is not root."""
+    import gc
+    import os
+    import subprocess
+
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs: not running as root")
+    try:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(folder)],
+                           capture_output=True, text=True)
+    except OSError as e:
+        pytest.skip(f"needs root to mount a tmpfs: {e}")
+    if r.returncode:
+        pytest.skip(f"needs root to mount a tmpfs: {r.stderr.strip() or 'mount failed'}")
+    try:
+        yield folder
+    finally:
+        gc.collect()  # models loaded from the disk map its files
+        if subprocess.run(["umount", str(folder)]).returncode:
+            subprocess.run(["umount", "-l", str(folder)])

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import mounted_tmpfs
 from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformer
 from transformers import AutoModel, BertConfig, BertModel
@@ -406,23 +407,8 @@ def test_stale_staging_folders_are_removed_and_live_ones_kept(tiny, tmp_path, ca
 @pytest.fixture
 def small_disk(tmp_path):
     """A real 30 MB tmpfs mounted in tmp_path: a disk that fills up (root only)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a tmpfs: not running as root")
-    try:
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=30m", "tmpfs", str(disk)], capture_output=True,
-                           text=True)
-    except OSError as e:
-        pytest.skip(f"needs root to mount a tmpfs: {e}")
-    if r.returncode:
-        pytest.skip(f"needs root to mount a tmpfs: {r.stderr.strip() or 'mount failed'}")
-    yield disk
-    import gc
-
-    gc.collect()  # models loaded from the disk map its files
-    if subprocess.run(["umount", str(disk)]).returncode:
-        subprocess.run(["umount", "-l", str(disk)])
+    with mounted_tmpfs(tmp_path / "disk", 30) as disk:
+        yield disk
 
 
 def fill(disk: Path, leave_mb: float) -> Path:

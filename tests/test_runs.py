@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import mounted_tmpfs
 
 from jtcse_lib import pipeline, runs
 from jtcse_lib.backbones import is_twin_dir
@@ -253,27 +254,8 @@ def test_importing_the_run_cache_loads_neither_the_trainer_nor_the_cli():
 @pytest.fixture
 def own_disk(tmp_path):
     """(a real tmpfs mounted in tmp_path, a function that remounts it read-only): root only."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a tmpfs: not running as root")
-    try:
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100m", "tmpfs", str(disk)], capture_output=True,
-                           text=True)
-    except OSError as e:
-        pytest.skip(f"needs root to mount a tmpfs: {e}")
-    if r.returncode:
-        pytest.skip(f"needs root to mount a tmpfs: {r.stderr.strip() or 'mount failed'}")
-
-    def read_only():
-        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
-
-    yield disk, read_only
-    import gc
-
-    gc.collect()  # models loaded from the disk map its files
-    if subprocess.run(["umount", str(disk)]).returncode:
-        subprocess.run(["umount", "-l", str(disk)])
+    with mounted_tmpfs(tmp_path / "disk", 100) as disk:
+        yield disk, lambda: subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
 
 
 def test_a_complete_cache_on_a_read_only_disk_serves_what_it_holds(cfg, real_data, own_disk, monkeypatch):
