@@ -29,6 +29,9 @@ from .errors import ConfigError
 
 PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
 # The stages, in training order: two SimCSE towers, the two joint variants from them, the distilled student.
+# What the training code computes: bump it whenever a change alters the trained weights or the logged metrics of a
+# run (tests/test_golden.py pins the smoke profile's metrics to it); it is part of every run-cache key.
+TRAINING_VERSION = 2
 STAGES = ("simcse_a", "simcse_b", "tncse", "jtcse", "distill")
 TWIN_STAGES = ("tncse", "jtcse")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

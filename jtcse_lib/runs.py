@@ -25,7 +25,7 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-from .config import STAGES, TWIN_STAGES, RunConfig, config_hash, stage_settings
+from .config import STAGES, TRAINING_VERSION, TWIN_STAGES, RunConfig, config_hash, stage_settings
 from .data import content_digest, corpus_digest, sts_test_digest, stsb_path
 from .errors import ConfigError, Interrupted, JtcseError
 from .files import FileProblem, NoSpace, exclusive_lock, lock_holder, read_json, read_jsonl, write_json, write_npz
@@ -47,7 +47,6 @@ def _check_stage(stage: str) -> None:
 def stage_key(config: RunConfig, stage: str, data_dir=None) -> str:
     """Hash of the settings `stage` depends on, its parents' included, and of the data it reads: the content of
     the training corpus and of STS-B dev (selection), not where they lie, so moving the data retrains nothing."""
-    from .train import TRAINING_VERSION  # here, not at the top: importing runs (report does) does not load the trainer
 
     _check_stage(stage)
     own = stage_settings(config, stage)

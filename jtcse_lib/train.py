@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .backbones import is_twin_dir, load_encoder, load_tokenizer, model_folder
-from .config import STAGES, TWIN_STAGES, RunConfig, stage_settings
+from .config import STAGES, TRAINING_VERSION, TWIN_STAGES, RunConfig, stage_settings
 from .data import content_digest, corpus_digest, load_stsb, stsb_path, tokenized_corpus
 from .device import choose_device
 from .errors import ConfigError, Interrupted, JtcseError
@@ -79,9 +79,6 @@ from .provenance import provenance
 PERMUTATION_SEED = 1_000_003  # data order of epoch e: seed * 1_000_003 + e (a prime keeps epochs of seeds apart)
 RANK_SEED_STRIDE = 7_919  # dropout of rank r: seed + 7_919 r (rank 0 keeps the single-process seed)
 DIRECTION_SEED_OFFSET = 7  # the JTCSE ICNCE direction generator: seed + 7 (any constant apart from the data's)
-# What this code trains: bump it whenever a change alters the trained weights or the logged metrics of a run
-# (tests/test_golden.py pins the smoke profile's metrics to it); it keys the run cache.
-TRAINING_VERSION = 2
 # Settings a finished or interrupted run may continue under when they grow (more steps of a constant schedule);
 # any other change of what a stage reads is refused on resume.
 EXTENDABLE = ("max_steps", "epochs")

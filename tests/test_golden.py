@@ -14,7 +14,7 @@ sys.path.insert(0, str(REPO / "tools"))
 
 import golden_metrics  # noqa: E402
 
-from jtcse_lib.train import TRAINING_VERSION  # noqa: E402
+from jtcse_lib.config import TRAINING_VERSION  # noqa: E402
 
 
 def test_smoke_training_is_what_this_training_version_trains():

@@ -1,7 +1,7 @@
 """The smoke profile's training metrics, pinned: tests/golden/smoke_metrics.json.
 
     python tools/golden_metrics.py          # compare the current code's smoke training with the golden file
-    python tools/golden_metrics.py --write  # after bumping jtcse_lib.train.TRAINING_VERSION: rewrite the file
+    python tools/golden_metrics.py --write  # after bumping jtcse_lib.config.TRAINING_VERSION: rewrite the file
 
 CPU training is deterministic, so the smoke profile's metrics.jsonl (wall times dropped) is a fingerprint of what
 the training code computes. tests/test_golden.py fails when it changes while TRAINING_VERSION stays the same: a
@@ -70,7 +70,7 @@ def differences(golden: dict, current: dict, rel: float = 1e-5, abs_dev: float =
 
 
 def main() -> int:
-    from jtcse_lib.train import TRAINING_VERSION
+    from jtcse_lib.config import TRAINING_VERSION
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="rewrite the golden file for this TRAINING_VERSION")
