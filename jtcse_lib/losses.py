@@ -38,6 +38,7 @@ __all__ = [
     "OFFICIAL_TEMPERATURE",
     "OFFICIAL_NEGATIVE_COSINE_REPLACEMENT",
     "TENSOR_MODULUS_VARIANTS",
+    "simcse_loss",
     "nt_xent",
     "cross_nt_xent",
     "modulus_gap",
@@ -138,6 +139,43 @@ def _partner_nt_xent(za, zb, temperature):
 # ----------------------------------------------------------------------------------------------
 # contrastive losses
 # ----------------------------------------------------------------------------------------------
+def simcse_loss(view1, view2, temperature=OFFICIAL_TEMPERATURE):
+    """Unsupervised SimCSE's own loss: view 1's rows are the anchors, view 2's rows the candidates.
+
+    With ``l_ij = cos(z1_i, z2_j) / temperature`` over the B sentences of the batch::
+
+        loss = 1/B * sum_i [ log sum_j exp(l_ij) - l_ii ]
+
+    Each anchor has B - 1 negatives (the other sentences' second views) and one direction; the same-view
+    rows are not candidates. This is SimCSE's ``cl_forward``: ``CrossEntropyLoss(cos_sim(z1, z2) / temp,
+    labels=arange(B))``. ``nt_xent`` is the SimCLR form (2B anchors, 2B - 2 negatives, symmetric), which the
+    JTCSE/TNCSE code uses in stage 2.
+
+    Args:
+        view1, view2: ``(B, H)`` embeddings of dropout view 1 and view 2 of the same B sentences.
+        temperature: softmax temperature (SimCSE: 0.05).
+
+    Returns:
+        0-d tensor, the mean over the B anchors.
+
+    Under torch.distributed the candidates are gathered from every rank with gradient and each rank's anchors
+    target their global rows, so W ranks compute one device's loss on the global batch (SimCSE's own DDP code
+    instead scores all N anchors on every rank through detached copies, which scales the gradient by 1/W).
+
+    References: Gao et al., "SimCSE" (arXiv 2104.08821), eq. 1; princeton-nlp/SimCSE ``simcse/models.py``,
+    ``cl_forward``. Relations: sentence-transformers' ``MultipleNegativesRankingLoss(model, scale=1/temperature)``
+    on (sentence, sentence) pairs, its documented unsupervised SimCSE (``tests/test_losses.py`` checks it).
+    """
+    _check_pair("view1", view1, "view2", view2)
+    _check_temperature("temperature", temperature)
+    dtype = _compute_dtype(view1, view2)
+    with _autocast_off(view1):
+        z1, z2 = _unit_rows(view1, dtype), _unit_rows(view2, dtype)  # (B, H) each
+        candidates = distributed.gather(z2)  # (N, H): view 2 of the global batch
+        target = distributed.rank() * z1.shape[0] + torch.arange(z1.shape[0], device=z1.device)  # own global row
+        return F.cross_entropy(z1 @ candidates.transpose(0, 1) / temperature, target)  # l_ij = cos / tau, (B, N)
+
+
 def nt_xent(view1, view2, temperature=OFFICIAL_TEMPERATURE):
     """NT-Xent (SimCLR / unsupervised SimCSE) of one tower.
 

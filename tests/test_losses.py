@@ -18,6 +18,7 @@ from jtcse_lib.losses import (
     distillation_kl,
     modulus_gap,
     nt_xent,
+    simcse_loss,
     tensor_modulus_loss,
 )
 
@@ -241,6 +242,50 @@ def test_nt_xent_shape_errors():
         nt_xent(torch.randn(3, 4), torch.randn(2, 4))
     with pytest.raises(ValueError):
         nt_xent(torch.randn(3, 4), torch.randn(3, 4), temperature=0.0)
+
+
+# ==============================================================================================
+# simcse_loss (stage 1: SimCSE's cl_forward)
+# ==============================================================================================
+def ref_cl_forward(z1, z2, temp=TAU):
+    """A loop transcription of unsupervised SimCSE's ``cl_forward`` (princeton-nlp/SimCSE, simcse/models.py):
+    ``cos_sim = Similarity(temp)(z1.unsqueeze(1), z2.unsqueeze(0))``, ``labels = arange(B)``, cross-entropy."""
+    b = z1.shape[0]
+    total = 0.0
+    for i in range(b):
+        sims = torch.stack([ref_cos(z1[i], z2[j]) / temp for j in range(b)])  # one row of the (B, B) logits
+        total = total + (ref_logsumexp(sims) - sims[i])  # -log softmax at the label i
+    return total / b
+
+
+@pytest.mark.parametrize("b,h", [(1, 5), (2, 5), (7, 6), (64, 24)])
+def test_simcse_loss_matches_a_loop_transcription_of_cl_forward(b, h):
+    v1, v2 = leaves((b, h), (b, h), seed=300 + b)
+    assert_same_value_and_grads(simcse_loss(v1, v2), ref_cl_forward(v1, v2), [v1, v2])
+
+
+def test_simcse_loss_is_sentence_transformers_mnrl_on_sentence_pairs():
+    """sentence-transformers documents unsupervised SimCSE as MultipleNegativesRankingLoss on (s, s) pairs."""
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    v1, v2 = correlated_views(9, 16, seed=11)
+    mnrl = MultipleNegativesRankingLoss(None, scale=1 / TAU).compute_loss_from_embeddings([v1, v2], None)
+    assert_same_value_and_grads(simcse_loss(v1, v2), mnrl, [v1, v2])
+
+
+def test_simcse_loss_is_one_directional_and_not_the_simclr_form():
+    v1, v2 = correlated_views(8, 12, seed=12)
+    assert abs(simcse_loss(v1, v2).item() - simcse_loss(v2, v1).item()) > 1e-6  # view 1 anchors only
+    assert abs(simcse_loss(v1, v2).item() - nt_xent(v1, v2).item()) > 1e-3  # B - 1 negatives, not 2B - 2
+    one1, one2 = leaves((1, 4), (1, 4), seed=13)
+    assert simcse_loss(one1, one2).item() == 0.0  # the positive is the only candidate
+
+
+def test_simcse_loss_in_half_precision_is_computed_in_float32():
+    v1, v2 = (t.detach().to(torch.bfloat16) for t in correlated_views(6, 8, seed=14))
+    out = simcse_loss(v1, v2)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, simcse_loss(v1.float(), v2.float()))
 
 
 # ==============================================================================================
