@@ -19,38 +19,45 @@ This is exactly what the Hugging Face model computes, so with the branch off (or
 is the plain pretrained model: in eval mode ``cls_a``/``pooled_a`` equal ``AutoModel`` outputs, and each
 tower saves as a plain Hugging Face folder.
 
-Cross-attention branch (our design)
------------------------------------
+Cross-attention branch: what was published, and the two readings
+-----------------------------------------------------------------
 The paper describes a cross-attention in which one tower's attention weights are applied to the other tower's
-value vectors, to strengthen [CLS]; the authors never published the modified transformer. We implement it as
-a training-time "shadow [CLS]" row per sequence that adds no parameters and leaves the main paths untouched.
+value vectors, to strengthen [CLS]. The authors published their modified transformer as ``transformers_cp.zip``
+in their repository (commit 740dd84, ``My_BertModel(calayers_num=...)``), but the archive is not retrievable
+(its blob is missing from the repository), so we could not read it. Their training script shows what we can
+rely on: the branch adds no parameters (``encoder.layer`` is loaded strictly from two plain towers), it returns
+full-sequence states (``temp_1``, ``temp_2``), and the loss reads their first row (``temp_1[:, 0, :]``).
+Two readings fit that, and ``cross_attention_rows`` chooses:
 
-Let S be the sorted cross layers (0-based), l0 = S[0], l1 = S[-1]. For tower X with other tower Y:
+* ``"cls"`` (the default, our first reading): a training-time "shadow [CLS]" row per sequence, one query row.
+* ``"all"``: a full-sequence branch stream, every row of the branch attending to the other tower's values.
 
-* c_X (N, 1, H) starts at the input of layer l0 as the main path's [CLS] row: c_X = h_X^{l0}[:, :1].
+Both add no parameters and leave the main paths untouched. Let S be the sorted cross layers (0-based),
+l0 = S[0], l1 = S[-1]. For tower X with other tower Y:
+
+* c_X starts at the input of layer l0 as the main path: c_X = h_X^{l0}[:, :1] ("cls", (N, 1, H)) or h_X^{l0}
+  ("all", (N, L, H)).
 * At every layer l in l0..l1 (inclusive), using tower X's own layer-l modules:
 
-      q   = split_heads(W_q^X c_X)                                         # (N, nh, 1, d)
-      Val = V_Y^l if l in S else V_X^l       (main-path values, (N, nh, L, d))
-      a   = merge_heads(softmax(q K_X^l^T / sqrt(d) + mask) Val)           # (N, 1, H)
-      x   = layer_X.attention.output(a, c_X)                               # residual on c_X
-      c_X = layer_X.output(layer_X.intermediate(x), x)
+      "cls": q = split_heads(W_q^X c_X), K = K_X^l, V_own = V_X^l      (the main path's keys and values)
+      "all": q, K, V_own = split_heads(W_q^X c_X, W_k^X c_X, W_v^X c_X) (the branch's own stream)
+      Val = V_Y^l if l in S else V_own                                  (V_Y^l: the other tower's main path)
+      a   = merge_heads(softmax(q K^T / sqrt(d) + mask) Val)
+      c_X = layer_X.output(layer_X.intermediate(x), x),  x = layer_X.attention.output(a, c_X)
 
-  K_X^l are tower X's own main-path keys at layer l. At l0 the query equals the main path's [CLS] query,
-  so the probabilities are exactly tower X's [CLS] attention row: A's branch computes
-  softmax(Q_A K_A^T / sqrt(d) + mask) V_B restricted to [CLS], as the paper describes. Between cross
-  layers the shadow [CLS] reads its own tower's keys and values (an ordinary layer for one query row).
+  At l0 both readings' queries and keys are the main path's, so A's branch computes
+  softmax(Q_A K_A^T / sqrt(d) + mask) V_B there, as the paper describes ("cls" keeps its [CLS] row only).
 * ``cross_X = c_X[:, 0]`` after layer l1 is the "cross [CLS]" fed to the cross-tower loss.
 
-Gradients of a loss on cross_A reach tower A's layers up to l1 (queries, keys, blocks; not A's value
-projection at l1, which the branch replaces by B's) and tower B's layers below each cross layer plus B's value
-projections at the cross layers; never B's query/key/output/feed-forward at l1, nor any layer above l1 or a
-pooler. Padding is masked in the branch as in the main path.
+Gradients of a loss on cross_A reach tower A's layers up to l1 and tower B's layers below each cross layer plus
+B's value projections at the cross layers; never a layer above l1 or a pooler. Padding is masked in the branch
+as in the main path. With identical towers the branch reproduces the main path (both readings; tested).
 
-Cost: the branch processes 1 query row per sequence instead of L, so each spanned layer costs about 1/L of
-a main-path layer (the projections, output and feed-forward blocks are per row; the attention itself is one
-row of scores against L keys). K and V are reused from the main path, never recomputed. With
-``cross_attention_layers=0`` (TNCSE) the branch is skipped entirely.
+Cost per tower, in main-path layer forwards, for the n = l1 - l0 + 1 spanned layers: "cls" about n / L (one
+query row of L; K and V reused from the main path); "all" about n - 1 + (attention and blocks at l0) = a full
+second pass over the span (at l0 the projections are reused). JTCSE's 6 of BERT's 12 layers (S = 1, 3, ..., 11)
+span 11 layers: "all" adds ~0.9 of the towers' forward and backward FLOPs, "cls" ~11/L of one layer each.
+With ``cross_attention_layers=0`` (TNCSE) the branch is skipped entirely.
 """
 
 from __future__ import annotations
@@ -70,6 +77,9 @@ from .backbones import TOWERS, is_twin_dir, load_encoder, read_twin_json, twin_t
 __all__ = ["MLPHead", "TwinOutput", "TwinTower", "resolve_cross_attention_layers"]
 
 _ARCH_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+
+
+CROSS_ATTENTION_ROWS = ("cls", "all")  # the two readings of the branch (module docstring)
 
 
 def resolve_cross_attention_layers(spec: int | Sequence[int] | None, depth: int) -> list[int]:
@@ -217,6 +227,8 @@ class TwinTower(nn.Module):
             architecture (model_type, hidden size, layers, heads, intermediate size).
         cross_attention_layers: int count (must divide the depth; 0 = none, TNCSE) or explicit 0-based layer
             indices; see ``resolve_cross_attention_layers``.
+        cross_attention_rows: ``"cls"`` (a shadow [CLS] row) or ``"all"`` (a full-sequence branch stream); see
+            the module docstring.
     """
 
     def __init__(
@@ -224,8 +236,13 @@ class TwinTower(nn.Module):
         tower_a: PreTrainedModel,
         tower_b: PreTrainedModel,
         cross_attention_layers: int | Sequence[int] = 0,
+        cross_attention_rows: str = "cls",
     ):
         super().__init__()
+        if cross_attention_rows not in CROSS_ATTENTION_ROWS:
+            raise ValueError(f"cross_attention_rows must be one of {CROSS_ATTENTION_ROWS}, "
+                             f"not {cross_attention_rows!r}")
+        self.cross_attention_rows = cross_attention_rows
         _check_tower(tower_a, "tower_a")
         _check_tower(tower_b, "tower_b")
         if tower_a is tower_b:
@@ -325,7 +342,7 @@ class TwinTower(nn.Module):
         towers = (self.tower_a, self.tower_b)
         mask = _key_mask(attention_mask)  # (N, 1, 1, L) or None
         heads = self.num_heads
-        cross = self._cross_layers if with_cross else []
+        cross, rows = (self._cross_layers if with_cross else []), self.cross_attention_rows
         l0, l1 = (cross[0], cross[-1]) if cross else (-1, -1)
 
         h = [self._embed(t, input_ids, token_type_ids) for t in towers]  # 2 x (N, L, H)
@@ -334,14 +351,16 @@ class TwinTower(nn.Module):
             layers = (towers[0].encoder.layer[idx], towers[1].encoder.layer[idx])
             qkv = [_qkv(layers[i], h[i], heads) for i in (0, 1)]  # each (N, heads, L, d)
             if l0 <= idx <= l1:
-                if idx == l0:
-                    c = [h[0][:, :1], h[1][:, :1]]  # main-path [CLS] at the input of layer l0
+                if idx == l0:  # the main path at the input of layer l0: its [CLS] row, or every row
+                    c = [h[0][:, :1], h[1][:, :1]] if rows == "cls" else [h[0], h[1]]
                 for i in (0, 1):
                     own, other = qkv[i], qkv[1 - i]
-                    values = other[2] if idx in cross else own[2]  # V_Y at cross layers, else V_X
-                    q = _split_heads(layers[i].attention.self.query(c[i]), heads)  # (N, heads, 1, d)
-                    a = _attend(layers[i], q, own[1], values, mask)  # softmax(q K_X^T/sqrt(d)+mask) V: (N, 1, H)
-                    c[i] = _blocks(layers[i], a, c[i])  # (N, 1, H)
+                    if rows == "cls":  # one query row against the main path's keys: (N, heads, 1, d)
+                        q, k, v = _split_heads(layers[i].attention.self.query(c[i]), heads), own[1], own[2]
+                    else:  # the branch's own stream; at l0 it is the main path, whose projections are reused
+                        q, k, v = own if idx == l0 else _qkv(layers[i], c[i], heads)
+                    values = other[2] if idx in cross else v  # V_Y at cross layers, else the branch's own
+                    c[i] = _blocks(layers[i], _attend(layers[i], q, k, values, mask), c[i])  # softmax(qK^T/sqrt(d)+m)V
             h = [_blocks(layers[i], _attend(layers[i], *qkv[i], mask), h[i]) for i in (0, 1)]
 
         pooled = [t.pooler(h[i]) if getattr(t, "pooler", None) is not None else None for i, t in enumerate(towers)]
@@ -371,6 +390,7 @@ class TwinTower(nn.Module):
         path_b: str | os.PathLike | None = None,
         cross_attention_layers: int | Sequence[int] | None = None,
         dropout: float | None = None,
+        cross_attention_rows: str = "cls",
         **kwargs,
     ) -> TwinTower:
         """Load two towers with ``backbones.load_encoder`` (never with remote code).
@@ -381,6 +401,7 @@ class TwinTower(nn.Module):
             path_b: the second tower's folder; None -> a separate copy of path_a.
             cross_attention_layers: as in the constructor; None -> the saved value, else 0.
             dropout: hidden and attention dropout of both towers (None: the models' own).
+            cross_attention_rows: "cls" or "all", as in the constructor.
             **kwargs: passed to ``from_pretrained`` (e.g. torch_dtype).
         """
         if kwargs.pop("trust_remote_code", False):
@@ -393,4 +414,5 @@ class TwinTower(nn.Module):
             path_b = path_a
         tower_a = load_encoder(path_a, dropout, **kwargs)
         tower_b = load_encoder(path_b, dropout, **kwargs)
-        return cls(tower_a, tower_b, cross_attention_layers=cross_attention_layers or 0)
+        return cls(tower_a, tower_b, cross_attention_layers=cross_attention_layers or 0,
+                   cross_attention_rows=cross_attention_rows)

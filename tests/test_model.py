@@ -313,6 +313,76 @@ def test_cross_branch_with_identical_towers_is_the_main_path():
     torch.testing.assert_close(out.cross_b, out.cls_b, atol=1e-5, rtol=0)
 
 
+# ---- the full-sequence reading (cross_attention_rows="all") --------------------------------------------------
+
+
+def _ref_twin_all(tower_a, tower_b, ids, mask, cross):
+    """Per-sample loops: from l0 each tower's branch is a full (L, H) stream with its own queries, keys and values,
+    reading the other tower's main-path values at the cross layers."""
+    towers = (tower_a, tower_b)
+    cfg = tower_a.config
+    heads, act = cfg.num_attention_heads, ACT2FN[cfg.hidden_act]
+    res = {"cross_a": [], "cross_b": []}
+    for n in range(ids.shape[0]):
+        keep = mask[n].bool()
+        h = [_ref_embed(t, ids[n], keep) for t in towers]
+        c = [None, None]
+        for l in range(cfg.num_hidden_layers):
+            layers = [t.encoder.layer[l] for t in towers]
+            proj = [[_lin(x, getattr(layers[i].attention.self, m)) for m in ("query", "key", "value")]
+                    for i, x in enumerate(h)]  # main path Q, K, V of each tower
+            if l == cross[0]:
+                c = [h[0], h[1]]
+            if cross[0] <= l <= cross[-1]:
+                new = []
+                for i in (0, 1):
+                    q, k, v = (_lin(c[i], getattr(layers[i].attention.self, m)) for m in ("query", "key", "value"))
+                    vals = proj[1 - i][2] if l in cross else v
+                    new.append(torch.stack([_ref_blocks(layers[i], _ref_attend_row(q[j], k, vals, keep, heads),
+                                                        c[i][j], act) for j in range(c[i].shape[0])]))
+                c = new
+            h = [torch.stack([_ref_blocks(layers[i], _ref_attend_row(proj[i][0][j], proj[i][1], proj[i][2], keep,
+                                                                       heads), h[i][j], act)
+                              for j in range(h[i].shape[0])]) for i in (0, 1)]
+        res["cross_a"].append(c[0][0])
+        res["cross_b"].append(c[1][0])
+    return {k: torch.stack(v) for k, v in res.items()}
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+@pytest.mark.parametrize("spec", [1, 2, [0, 2]])
+def test_full_sequence_branch_equals_reference(family, spec):
+    twin = TwinTower(*tiny_towers(family, seed=5), cross_attention_layers=spec, cross_attention_rows="all").eval()
+    ids, mask = padded_batch(FAMILIES[family][2], lengths=(6, 4, 2))
+    with torch.no_grad():
+        out = twin(ids, mask)
+        ref = _ref_twin_all(twin.tower_a, twin.tower_b, ids, mask, twin.cross_layers)
+        shadow = TwinTower(twin.tower_a, twin.tower_b, cross_attention_layers=spec)(ids, mask)
+    for name in ("cross_a", "cross_b"):
+        torch.testing.assert_close(getattr(out, name), ref[name], atol=1e-5, rtol=1e-5)
+        assert getattr(out, name).shape == (3, TINY["hidden_size"])
+    torch.testing.assert_close(out.cls_a, shadow.cls_a)  # the main paths are untouched by the reading
+    if len(twin.cross_layers) > 1 or twin.cross_layers[0] < twin.depth - 1:  # a span past l0: the readings differ
+        assert (out.cross_a - shadow.cross_a).abs().max() > 1e-4
+
+
+def test_full_sequence_branch_with_identical_towers_is_the_main_path_and_ignores_padding():
+    a, _ = tiny_towers()
+    twin = TwinTower(a, copy.deepcopy(a), cross_attention_layers=2, cross_attention_rows="all").eval()
+    ids, mask = padded_batch(0)
+    with torch.no_grad():
+        out = twin(ids, mask)
+        alone = twin(ids[1:2, :5], mask[1:2, :5])
+    torch.testing.assert_close(out.cross_a, out.cls_a, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.cross_b, out.cls_b, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.cross_a[1:2], alone.cross_a, atol=1e-5, rtol=0)
+
+
+def test_an_unknown_branch_reading_is_refused():
+    with pytest.raises(ValueError, match="cross_attention_rows"):
+        TwinTower(*tiny_towers(), cross_attention_layers=2, cross_attention_rows="rows")
+
+
 # ---- gradients --------------------------------------------------------------------------------------------
 
 
