@@ -15,7 +15,7 @@ space     := $(subst ,, )
 # SEEDS="42 43 44" runs every seed's models (the committed results/cpu run); the cache keeps what is done
 SEED_SET  := $(if $(strip $(SEEDS)),--set "seeds=[$(subst $(space),$(comma),$(strip $(SEEDS)))]")
 
-.PHONY: setup reproduce test lint figures book lab bench clean
+.PHONY: setup reproduce test test-fast lint figures book lab bench clean
 
 setup: $(VENV)/.installed
 
@@ -34,22 +34,32 @@ reproduce: setup
 figures: setup
 	$(BIN)/python -m jtcse_lib pipeline --profile $(PROFILE) --only 05 06 $(SEED_SET)
 
-# Unit and integration tests, then nbval executes every notebook with its smoke defaults, then the smoke
-# pipeline runs them again through papermill (the run cache is warm by then, so nothing trains twice), then the
-# paper profile's code path at tiny scale (params/paper-tiny.yaml: every stage and ablation, bf16 stage 1, on a
-# random 4-layer BERT; 7.5 minutes on 2 cores from an empty run cache).
+# The fast lane (under 3 minutes): every test not marked slow (nothing trains a model or runs a notebook). Run it
+# after every change.
+test-fast: setup lint
+	$(BIN)/python -m pytest tests -m "not slow" -q
+
+# Everything: the fast lane first (it fails in minutes), then the slow tests: trainings, subprocess stops, the
+# notebooks executed once through papermill (the smoke pipeline), and the paper profile's code path at tiny scale
+# (params/paper-tiny.yaml: every stage and ablation, bf16 stage 1, on a random 4-layer BERT).
 test: setup lint
-	$(BIN)/python -m pytest tests --ignore=tests/test_pipeline.py --nbval-lax notebooks
-	$(BIN)/python -m pytest tests/test_pipeline.py -k "not paper_tiny"
-	$(BIN)/python -m pytest tests/test_pipeline.py -k paper_tiny
+	$(BIN)/python -m pytest tests -m "not slow" -q
+	$(BIN)/python -m pytest tests -m slow
 
 # Style and obvious bugs (pyproject.toml [tool.ruff]); part of `make test`.
 lint: setup
 	$(BIN)/ruff check .
 
-# A static HTML site of the published notebooks (docs/notebooks/) in build/book/ (nbconvert, no Node).
-book: setup
-	$(BIN)/python tools/build_book.py
+# The offline book in build/book/ (tools/build_book.py): the reference pages and the published notebooks, with a
+# sidebar, previous/next links and MathJax served locally. Its own small environment: no torch, no training setup.
+BOOK_VENV ?= .venv-book
+book: $(BOOK_VENV)/.installed
+	$(BOOK_VENV)/bin/python tools/build_book.py
+
+$(BOOK_VENV)/.installed: tools/book-requirements.txt
+	$(PYTHON) -m venv $(BOOK_VENV)
+	$(BOOK_VENV)/bin/python -m pip install --quiet -r tools/book-requirements.txt
+	touch $@
 
 bench: setup
 	$(BIN)/python bench/encode.py
@@ -59,4 +69,4 @@ lab: setup
 	$(BIN)/jupyter lab notebooks/
 
 clean:
-	rm -rf $(VENV) runs build .pytest_cache
+	rm -rf $(VENV) $(BOOK_VENV) runs build .pytest_cache

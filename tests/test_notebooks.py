@@ -1,4 +1,4 @@
-"""Static checks of the committed notebooks (nbval executes them; test_pipeline.py runs them with papermill)."""
+"""Static checks of the committed notebooks (the smoke pipeline in test_pipeline.py executes them through papermill)."""
 
 import json
 from pathlib import Path
