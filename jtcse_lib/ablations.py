@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .config import ABLATIONS, RunConfig
+from .config import RunConfig
+from .errors import ConfigError
 
 REFERENCE = "full JTCSE (reference)"
 
 
 @dataclass(frozen=True)
 class Ablation:
-    key: str  # the name in the config key `ablations` (jtcse_lib.config.ABLATIONS)
+    key: str  # the name in the config key `ablations` (one of ABLATIONS)
     name: str  # the row label in ablations.csv and the figures
     group: str
     changed: str  # the change, in words
@@ -64,11 +65,23 @@ def all_ablations(reference: RunConfig, depth: int) -> list[Ablation]:
     ]
 
 
+# the variants' keys, in order: what the config key `ablations` may name (depth 12 has a layer count to sweep)
+ABLATIONS = tuple(dict.fromkeys(a.key for a in all_ablations(RunConfig(), depth=12)))
+
+
+def check_ablations(config: RunConfig) -> None:
+    """Refuse an `ablations` list naming no variant, before anything trains."""
+    if config.ablations != "all" and (unknown := [a for a in config.ablations if a not in ABLATIONS]):
+        raise ConfigError(f"config key 'ablations': unknown variant(s) {', '.join(map(repr, unknown))}: it must be "
+                          f"'all' or a list of {', '.join(ABLATIONS)}",
+                          "set ablations=all or e.g. ablations=[reference,no_modulus]")
+
+
 def chosen_ablations(reference: RunConfig, depth: int) -> tuple[list[Ablation], list[Ablation]]:
     """(the variants the config's `ablations` key selects, the ones it skips): each retrained variant costs a
     stage-2 run, so `smoke` and `cpu` run a subset and `paper` all."""
+    check_ablations(reference)
     variants = all_ablations(reference, depth)
-    assert {a.key for a in variants} <= set(ABLATIONS)
     if reference.ablations == "all":
         return variants, []
     return ([a for a in variants if a.key in reference.ablations],

@@ -3,8 +3,9 @@
 import pytest
 
 from jtcse_lib import runs
-from jtcse_lib.ablations import REFERENCE, all_ablations, chosen_ablations
-from jtcse_lib.config import ABLATIONS, load_profile
+from jtcse_lib.ablations import ABLATIONS, REFERENCE, all_ablations, chosen_ablations
+from jtcse_lib.config import load_profile
+from jtcse_lib.errors import ConfigError
 
 
 @pytest.fixture
@@ -32,3 +33,9 @@ def test_the_profiles_choose_their_subsets(cpu):
     assert [a.key for a in run] == cpu.ablations and len(run) + len(skipped) == 13
     assert len(chosen_ablations(cpu.replace(ablations="all"), 6)[0]) == 13
     assert len(chosen_ablations(load_profile("smoke"), 6)[0]) == 4
+
+
+def test_an_unknown_variant_is_refused_naming_the_known_ones():
+    config = load_profile("smoke", ["ablations=[reference,no_moduls]"])  # the config does not know the names
+    with pytest.raises(ConfigError, match=r"'ablations': unknown variant\(s\) 'no_moduls'.*reference, no_modulus"):
+        chosen_ablations(config, depth=6)

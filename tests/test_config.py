@@ -1,11 +1,12 @@
 import pytest
 
-from jtcse_lib.config import RunConfig, available_profiles, config_hash, load_profile, with_overrides
+from jtcse_lib import config
+from jtcse_lib.config import STAGES, RunConfig, config_hash, load_profile, stage_settings, with_overrides
 from jtcse_lib.errors import ConfigError
 
 
 def test_profiles_load_and_validate():
-    assert {"smoke", "cpu", "paper"} <= set(available_profiles())
+    assert {"smoke", "cpu", "paper"} <= set(config.available_profiles())
     for name in ("smoke", "cpu", "paper"):
         cfg = load_profile(name)
         assert cfg.profile == name
@@ -38,27 +39,41 @@ def test_unknown_key_is_named():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("batch_size=0", "'batch_size': must be a positive integer"),
+    ("batch_size=0", "'batch_size': must be 2 or more"),
+    ("batch_size=true", "'batch_size': must be an integer, got True"),
+    ("max_steps=0", "'max_steps': must be a positive integer or null"),
     ("lr=-1", "'lr': must be a positive finite number"),
-    ("jtcse.lr=-1", "'lr': must be a positive finite number"),
+    ("jtcse.lr=-1", "'jtcse.lr': must be a positive finite number"),
     ("w_modulus=-0.5", "'w_modulus': must be a finite number >= 0"),
     ("batch_size=1", "'batch_size': must be 2 or more .*contrastive loss has no negative"),
     ("lr=.nan", "'lr': must be a positive finite number, got nan"),
-    ("simcse_a.lr=.inf", "'lr': must be a positive finite number, got inf"),
+    ("simcse_a.lr=.inf", "'simcse_a.lr': must be a positive finite number, got inf"),
     ("temperature=0", "'temperature': must be a positive finite number"),
     ("w_nce=.nan", "'w_nce': must be a finite number >= 0"),
     ("dropout=.nan", "'dropout': must be in"),
-    ("modulus_variant=both", "unknown variant 'both'"),
-    ("precision=fp8", "unknown precision 'fp8'"),
+    ("modulus_variant=both", "'modulus_variant': must be one of official, paper, got 'both'"),
+    ("precision=fp8", "'precision': must be one of auto, fp32, bf16, fp16, got 'fp8'"),
+    ("device=gpu", "'device': must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+    ("train_mlp_head=1", "'train_mlp_head': must be true or false, got 1"),
+    ("transfer_jobs=0", "'transfer_jobs': must be -1 .* or a positive integer"),
+    ("seeds=[]", "'seeds': must be a non-empty list of integers"),
+    ("transfer_tasks=[CR,XX]", "'transfer_tasks': must be 'all' or a list of MR, CR, SUBJ, MPQA, SST2, TREC, MRPC"),
+    ("warmup_ratio=1", r"'warmup_ratio': must be in \[0, 1\), got 1.0"),
+    ("jtcse=5", "'jtcse': must be a mapping of keys to values, got 5"),
     ("cross_attention_layers=-2", "'cross_attention_layers': must be a count >= 0"),
     ("dropout=1.5", "'dropout': must be in"),
     ("dev_pairs=3", "'dev_pairs': must be 10 or more"),
-    ("ablations=[reference,no_moduls]", "'ablations': must be 'all' or a list of reference, no_modulus"),
     ("ablations=some", "'ablations': must be 'all' or a list"),
 ])
 def test_impossible_values_are_rejected(override, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as error:
         load_profile("smoke", [override])
+    assert error.value.fix  # every refusal says what to write instead
+
+
+def test_a_value_of_the_wrong_type_is_refused_even_without_a_rule():
+    with pytest.raises(ConfigError, match="'backbone': must be a string, got 3"):
+        RunConfig(backbone=3)
 
 
 def test_hash_is_stable_and_sensitive():
@@ -68,17 +83,27 @@ def test_hash_is_stable_and_sensitive():
     assert config_hash(a, ["backbone"]) == config_hash(with_overrides(a, {"seed": 1}), ["backbone"])
 
 
+def test_the_run_cache_keys_do_not_move():
+    """stage_settings and config_hash key the run cache (and the committed results/cpu runs): pinned values, and a
+    number keys the same however it is spelled (0 or 0.0, 5.0 or 5, "2e-5" or 2e-5)."""
+    keys = {s: config_hash(stage_settings(RunConfig(), s)) for s in STAGES}
+    assert keys == {"simcse_a": "f37c29a1ec69", "simcse_b": "15742128a128", "tncse": "8a6d88e1a228",
+                    "jtcse": "3fb693967c3b", "distill": "7da790d2b392"}
+    spelled = with_overrides(RunConfig(), ["w_modulus=0", "max_steps=5.0", "lr=2e-5"])
+    typed = with_overrides(RunConfig(), {"w_modulus": 0.0, "max_steps": 5, "lr": 2e-5})
+    assert config_hash(stage_settings(spelled, "jtcse")) == config_hash(stage_settings(typed, "jtcse")) == \
+        "06680bb24011"
+
+
 def test_every_config_key_is_keyed_by_the_stages_that_read_it_or_listed_as_unkeyed():
     from dataclasses import fields
-
-    from jtcse_lib import config
-    from jtcse_lib.config import RunConfig
 
     keyed = set(config.COMMON_KEYS).union(*config.STAGE_KEYS.values())
     names = {f.name for f in fields(RunConfig)}
     assert not keyed & set(config.UNKEYED), "a key cannot be both keyed and unkeyed"
     assert names == keyed | set(config.UNKEYED), f"decide about: {sorted(names - keyed - set(config.UNKEYED))}"
     assert all(config.UNKEYED.values())  # each says why
+    assert set(config._RULES) <= names  # a misspelt rule would check nothing
 
 
 def test_coercion_follows_the_type_hints():
@@ -103,8 +128,10 @@ def test_per_stage_sections_override_the_profile_for_their_stage_only():
         load_profile("smoke", ["jtcse.seed=3"])
     with pytest.raises(ConfigError, match="unknown stage 'stage3'"):
         load_profile("smoke", ["stage3.lr=1e-5"])
-    with pytest.raises(ConfigError, match="'dropout': must be in"):
+    with pytest.raises(ConfigError, match="'tncse.dropout': must be in"):
         load_profile("smoke", ["tncse.dropout=1.5"])
+    with pytest.raises(ConfigError, match="'tncse': cannot set foo per stage"):
+        load_profile("smoke", ["tncse={foo: 1}"])
 
 
 def test_the_paper_profiles_are_the_papers_recipe():
@@ -114,15 +141,18 @@ def test_the_paper_profiles_are_the_papers_recipe():
     assert (jtcse.lr, jtcse.weight_decay, jtcse.cross_attention_layers, jtcse.max_length) == (1.3e-6, 0.01, 6, 64)
     assert (a.scheduler, a.max_grad_norm, a.train_mlp_head, a.max_length, a.lr) == ("linear", 1.0, True, 32, 1.5e-5)
     assert paper.precision == "fp32" and paper.for_stage("simcse_b").lr == 2e-5
-    roberta = load_profile("paper-roberta")
-    assert (roberta.backbone, roberta.batch_size, roberta.for_stage("jtcse").lr) == ("roberta-base", 256, 1e-6)
+    # RoBERTa: the TNCSE supplement's Table I-1 for the encoders, TNCSE and distillation; the paper for JTCSE
+    roberta = {s: load_profile("paper-roberta").for_stage(s) for s in STAGES}
+    assert roberta["jtcse"].backbone == "roberta-base"
+    assert {s: (c.lr, c.batch_size) for s, c in roberta.items()} == {
+        "simcse_a": (1.5e-5, 64), "simcse_b": (1.25e-5, 64), "tncse": (1e-6, 64), "jtcse": (1e-6, 256),
+        "distill": (1e-5, 256)}
+    assert roberta["tncse"].dropout == 0.0175
 
 
 def test_three_levels_the_file_then_set_for_every_stage_then_set_for_one_stage():
     """`paper.yaml` sets eval_every 100 and max_length 64 profile-wide, and 125 and 32 in its stage-1 sections: a
     plain --set wins over both in every stage; --set simcse_a.key wins over that, in simcse_a only."""
-    from jtcse_lib.config import STAGES
-
     file_only = load_profile("paper")
     assert (file_only.for_stage("simcse_a").eval_every, file_only.for_stage("simcse_a").max_length) == (125, 32)
     assert (file_only.for_stage("jtcse").eval_every, file_only.for_stage("jtcse").max_length) == (100, 64)

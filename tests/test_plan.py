@@ -6,7 +6,9 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from jtcse_lib.config import load_profile
+from jtcse_lib import runs
+from jtcse_lib.ablations import chosen_ablations
+from jtcse_lib.config import STAGES, load_profile
 from jtcse_lib.plan import backbone_facts, disk_need, plan_report, planned_runs, read_device_check
 
 
@@ -111,3 +113,16 @@ def test_the_plan_estimates_from_a_full_measurement_at_each_stages_precision(tmp
     jtcse = next(line for line in text.splitlines() if line.startswith("jtcse "))
     assert f"{15_625 * 0.5 / 3600:.2f} h" in jtcse  # fp32 (TF32) at the measured 64 x 64
     assert "NVIDIA H100" in text and "fp32 (TF32), bf16" in text
+
+
+def test_the_plan_counts_each_run_of_the_run_cache_once():
+    """The plan's offline key (settings only) tells runs apart exactly as the run cache's keys do."""
+    cpu = load_profile("cpu", ["seeds=[1,2]", "ablations=all"])
+    wanted = [(cpu.replace(seed=s), stage) for s in cpu.seeds for stage in STAGES]
+    wanted += [(a.config(cpu.replace(seed=s)), a.stage) for s in cpu.seeds
+               for a in chosen_ablations(cpu.replace(seed=s), 6)[0]]
+    folders = {runs.run_dir(cfg, stage).name for cfg, stage in wanted}
+    folders |= {runs.run_dir(cfg, parent).name for cfg, stage in wanted for parent in runs._PARENTS[stage]}
+    planned = planned_runs(cpu, count_steps=False)
+    assert len(planned) == len(folders) == len({r.key for r in planned})
+    assert {r.stage for r in planned} == set(STAGES)
