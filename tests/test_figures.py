@@ -13,6 +13,6 @@ def test_the_method_figure_names_the_towers_the_branch_every_loss_and_the_stages
     for part in ("tower A", "tower B", "shadow [CLS]", "NCE(A) + NCE(B)", "ICNCE(CLS$_A$, CLS$_B$)",
                  "ICNCE(cross$_A$, cross$_B$)", "ICTM(A, B) + ICTM(B, A)", "Stage 1", "Stage 2", "Distillation"):
         assert part in texts, part
-    assert texts.count("(cross)") == 2  # the cross layers asked for, and only those
+    assert texts.count("(cross)") == 2 * 2  # the cross layers asked for, and only those, in each tower
     fig2 = method_figure(cross_layers=(0, 1, 2), depth=3)
-    assert " ".join(t.get_text() for t in fig2.axes[0].texts).count("(cross)") == 3
+    assert " ".join(t.get_text() for t in fig2.axes[0].texts).count("(cross)") == 2 * 3
