@@ -1,5 +1,7 @@
 """The CUDA path: what CI (no GPU) cannot run. Skipped without CUDA; `bench/device_check.py` runs these on a GPU."""
 
+import json
+
 import pytest
 import torch
 
@@ -35,6 +37,10 @@ def test_a_training_step_reads_nothing_on_the_host(cfg, tmp_path, real_data, pre
 
 
 def test_training_on_cuda_restores_tf32_and_resumes_exactly(cfg, tmp_path, real_data, monkeypatch):
+    """Stopped after the checkpoint of step 2 and resumed from it (run.json records the second start at step 2):
+    the same metrics and bit-identical final weights as the uninterrupted run (deterministic fp32 kernels)."""
+    from safetensors.torch import load_file
+
     before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     cfg = cfg.replace(keep_checkpoints=True, deterministic=True, precision="fp32")
     full = Trainer(cfg, "jtcse", tmp_path / "full", data_dir=real_data, device="cuda", progress=False).run()
@@ -51,13 +57,22 @@ def test_training_on_cuda_restores_tf32_and_resumes_exactly(cfg, tmp_path, real_
     with pytest.raises(KeyboardInterrupt):
         Trainer(cfg, "jtcse", tmp_path / "cut", data_dir=real_data, device="cuda", progress=False).run()
     monkeypatch.setattr(Trainer, "_save_checkpoint", original)
+    assert not (tmp_path / "cut" / "result.json").exists()
     resumed = Trainer(cfg, "jtcse", tmp_path / "cut", data_dir=real_data, device="cuda", progress=False).run()
-    assert resumed.steps == 4 and resumed.best_dev == pytest.approx(full.best_dev, abs=1e-6)
+    history = json.loads((tmp_path / "cut" / "run.json").read_text())["history"]
+    assert [h["from_step"] for h in history] == [0, 2]  # resumed, not started over
+
+    def logged(run):
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+
+    assert logged("cut") == logged("full")
+    assert (resumed.steps, resumed.best_step, resumed.best_dev) == (full.steps, full.best_step, full.best_dev)
+    a, b = (load_file(str(tmp_path / run / "checkpoint" / "model.safetensors")) for run in ("full", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_fp16_on_cuda_counts_skipped_steps(cfg, tmp_path, real_data):
-    import json
-
     Trainer(cfg.replace(precision="fp16"), "simcse_a", tmp_path / "fp16", data_dir=real_data, device="cuda",
             progress=False).run()
     rows = [json.loads(line) for line in (tmp_path / "fp16" / "metrics.jsonl").read_text().splitlines()]

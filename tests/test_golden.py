@@ -17,13 +17,14 @@ import golden_metrics  # noqa: E402
 from jtcse_lib.config import TRAINING_VERSION  # noqa: E402
 
 
+@pytest.mark.slow  # trains the five smoke stages on MiniLM
 def test_smoke_training_is_what_this_training_version_trains():
     golden = json.loads(golden_metrics.GOLDEN.read_text())
     current = golden_metrics.smoke_metrics()
     found = golden_metrics.differences(golden["stages"], current)
     if golden["training_version"] == TRAINING_VERSION:
         assert not found, ("the smoke profile trains differently under the same TRAINING_VERSION; bump it in "
-                           "jtcse_lib/train.py (old cached models are then retrained) and run "
+                           "jtcse_lib/config.py (old cached models are then retrained) and run "
                            "`python tools/golden_metrics.py --write`:\n" + "\n".join(found[:10]))
     else:
         pytest.fail(f"TRAINING_VERSION is {TRAINING_VERSION} but the golden file is for "

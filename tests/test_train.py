@@ -1,4 +1,5 @@
-"""The training loop on a tiny random BERT (fast) with the real corpus and STS-B dev."""
+"""The training loop on a tiny random BERT (each test well under 2 s: the fast lane) with the real corpus and STS-B
+dev. What the run folder refuses and recovers from is in test_faults.py and test_robustness.py."""
 
 import json
 import math
@@ -9,7 +10,7 @@ from safetensors.torch import load_file
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from jtcse_lib import train as train_mod
-from jtcse_lib.config import load_profile
+from jtcse_lib.config import STAGES, load_profile
 from jtcse_lib.errors import ConfigError
 from jtcse_lib.train import Trainer, TrainingDiverged
 
@@ -27,6 +28,10 @@ def metrics(path):
 
 def run(cfg, stage, out, **kw):
     return Trainer(cfg, stage, out, data_dir=kw.pop("data_dir"), progress=False, **kw).run()
+
+
+def test_the_stage_table_has_a_row_for_every_stage():
+    assert tuple(train_mod.STAGES) == STAGES
 
 
 @pytest.mark.parametrize("stage, terms", [
@@ -262,7 +267,7 @@ def test_a_training_step_moves_nothing_between_python_and_the_device(cfg, tmp_pa
     trainer = Trainer(cfg, stage, tmp_path / stage, data_dir=real_data, progress=False, teacher=teacher)
     # the optimizer the trainer builds on CUDA (fused: it reads no step count on the host); on the CPU it builds the
     # unfused one, whose per-parameter step counters are Python reads
-    trainer.optimizer = torch.optim.AdamW(trainer.params, lr=trainer.lr, weight_decay=cfg.weight_decay, fused=True)
+    trainer.optimizer = torch.optim.AdamW(trainer.params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda step: 1.0)
     batches = [trainer.batch(0, 0)]
     if stage in ("simcse_a", "distill"):  # a plain encoder: on CUDA its padding mask goes in 4D (no mask.all())
