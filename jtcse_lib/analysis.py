@@ -14,51 +14,40 @@ token. Padding keys get probability 0, so for every query the three buckets belo
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from .losses import modulus_gap
 from .progress import progress_bar
 
-__all__ = [
-    "AttentionSinkReport",
-    "attention_mass",
-    "attention_sink_report",
-    "dropout_pair_geometry",
-    "e_cls",
-    "eager_attention",
-    "norm_stats",
-]
+
+def _set_attention(model, implementation: str) -> None:
+    if hasattr(model, "set_attn_implementation"):  # newer transformers: switches a loaded model in place
+        model.set_attn_implementation(implementation)
+    else:  # older: the layers read the config attribute at call time
+        model.config._attn_implementation = implementation
 
 
 @contextmanager
 def eager_attention(model):
-    """Switch ``model`` to eager attention and eval mode for the block; restore both afterwards.
-
-    transformers 5.x: ``model.set_attn_implementation("eager")`` switches a loaded model in place (the layers
-    read ``config._attn_implementation`` at call time). Older versions that lack it fall back to setting the
-    config attribute; if attentions still do not come back, load the model with ``attn_implementation="eager"``.
-    """
+    """Switch ``model`` to eager attention (the only one that returns attention probabilities) and eval mode for
+    the block; restore both afterwards. If attentions still do not come back, load the model with
+    ``attn_implementation="eager"``."""
     original = getattr(model.config, "_attn_implementation", None)
     was_training = model.training
     switch = original != "eager"
     if switch:
-        if hasattr(model, "set_attn_implementation"):
-            model.set_attn_implementation("eager")
-        else:
-            model.config._attn_implementation = "eager"
+        _set_attention(model, "eager")
     model.eval()
     try:
         yield model
     finally:
         if switch and original is not None:
-            if hasattr(model, "set_attn_implementation"):
-                model.set_attn_implementation(original)
-            else:
-                model.config._attn_implementation = original
+            _set_attention(model, original)
         model.train(was_training)
 
 
@@ -75,10 +64,7 @@ def _check_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def _run(model, input_ids, attention_mask, token_type_ids=None):
-    """Eager forward with attentions and hidden states, no gradients.
-
-    Returns (attentions: tuple over layers of (N, heads, L, L), hidden_states: tuple of layers+1 (N, L, H)).
-    """
+    """Eager forward, no gradients: (attentions, layers x (N, heads, L, L); hidden states, layers+1 x (N, L, H))."""
     device = next(model.parameters()).device
     kwargs = dict(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))
     if token_type_ids is not None:
@@ -86,9 +72,7 @@ def _run(model, input_ids, attention_mask, token_type_ids=None):
     with eager_attention(model), torch.no_grad():
         out = model(**kwargs, output_attentions=True, output_hidden_states=True)
     if not out.attentions or any(a is None for a in out.attentions):
-        raise RuntimeError(
-            "the model returned no attention probabilities; load it with attn_implementation='eager'"
-        )
+        raise RuntimeError("the model returned no attention probabilities; load it with attn_implementation='eager'")
     return out.attentions, out.hidden_states
 
 
@@ -149,12 +133,7 @@ def attention_mass(model, input_ids, attention_mask, token_type_ids=None, specia
 
     cls + sep + other = 1 (up to float error). ``special_ids`` counts every token with one of those ids
     (except position 0) as [SEP], e.g. ``{tokenizer.sep_token_id}`` for sentence-pair inputs.
-
-    Args:
-        model: a Hugging Face encoder; input_ids, attention_mask, token_type_ids: (N, L).
-
-    Returns:
-        {"cls", "sep", "other"}: numpy float64 arrays (layers, heads).
+    Inputs (N, L); returns {"cls", "sep", "other"}: float64 arrays (layers, heads).
     """
     attentions, _ = _run(model, input_ids, attention_mask, token_type_ids)
     sums, count = _mass_sums(attentions, input_ids, attention_mask, special_ids)
@@ -167,34 +146,22 @@ def e_cls(model, input_ids, attention_mask, token_type_ids=None) -> np.ndarray:
         E_CLS^l = mean_n  ||h^l_{n,0}|| / ( (1/|O_n|) sum_{j in O_n} ||h^l_{n,j}|| )
 
     where O_n = the "other tokens" of sentence n: every non-pad token except position 0 ([CLS]/<s>),
-    so [SEP]/</s> IS included and padding is not. Each sentence counts once.
-
-    Returns:
-        numpy float64 array (layers + 1,).
+    so [SEP]/</s> IS included and padding is not. Each sentence counts once. Returns float64 (layers + 1,).
     """
     _, hidden = _run(model, input_ids, attention_mask, token_type_ids)
     return _e_cls_per_sentence(hidden, attention_mask).mean(1)
 
 
 def norm_stats(embeddings) -> dict:
-    """Statistics of the L2 norms ||e_n|| of an (N, H) embedding matrix (torch or numpy).
-
-    Returns:
-        {"mean", "std" (population, ddof=0), "min", "max", "median"} as floats.
-    """
+    """{"mean", "std" (ddof=0), "min", "max", "median"} of the L2 norms ||e_n|| of an (N, H) matrix (torch/numpy)."""
     if isinstance(embeddings, torch.Tensor):
         embeddings = embeddings.detach().float().cpu().numpy()
     e = np.asarray(embeddings, dtype=np.float64)
     if e.ndim != 2 or e.shape[0] == 0:
         raise ValueError(f"embeddings must be a non-empty (N, H) matrix, got shape {e.shape}")
     norms = np.linalg.norm(e, axis=1)  # (N,)
-    return {
-        "mean": float(norms.mean()),
-        "std": float(norms.std()),
-        "min": float(norms.min()),
-        "max": float(norms.max()),
-        "median": float(np.median(norms)),
-    }
+    return {"mean": float(norms.mean()), "std": float(norms.std()), "min": float(norms.min()),
+            "max": float(norms.max()), "median": float(np.median(norms))}
 
 
 @dataclass
@@ -224,17 +191,14 @@ class AttentionSinkReport:
         uniform share u = N / sum_n |Q_n| of one position, and E_CLS of the layer's output."""
         import pandas as pd
 
-        mass, u = self.per_layer(), self.n_sentences / self.n_query_tokens
-        rows = []
-        for layer in range(len(self.e_cls)):
-            a = layer - 1  # attention layer l feeds hidden-state layer l
-            rows.append({"layer": layer, "cls_mass": mass["cls"][a] if layer else np.nan,
-                         "sep_mass": mass["sep"][a] if layer else np.nan,
-                         "other_mass": mass["other"][a] if layer else np.nan,
-                         "cls_mass_max_head": self.cls_mass[a].max() if layer else np.nan,
-                         "sep_mass_max_head": self.sep_mass[a].max() if layer else np.nan,
-                         "uniform_mass": u if layer else np.nan, "e_cls": self.e_cls[layer]})
-        return pd.DataFrame(rows)
+        mass = self.per_layer()
+        per_attention_layer = {  # attention layer l feeds hidden-state layer l: row 0 (the embeddings) has none
+            "cls_mass": mass["cls"], "sep_mass": mass["sep"], "other_mass": mass["other"],
+            "cls_mass_max_head": self.cls_mass.max(1), "sep_mass_max_head": self.sep_mass.max(1),
+            "uniform_mass": np.full(len(self.cls_mass), self.n_sentences / self.n_query_tokens)}
+        return pd.DataFrame({"layer": range(len(self.e_cls)),
+                             **{k: np.concatenate([[np.nan], v]) for k, v in per_attention_layer.items()},
+                             "e_cls": self.e_cls})
 
     def cls_norm_stats(self) -> dict:
         """``norm_stats`` of the last-layer [CLS] vectors."""
@@ -242,28 +206,15 @@ class AttentionSinkReport:
 
     def as_dict(self) -> dict:
         """JSON-friendly: lists instead of arrays."""
-        return {
-            "cls_mass": self.cls_mass.tolist(),
-            "sep_mass": self.sep_mass.tolist(),
-            "other_mass": self.other_mass.tolist(),
-            "e_cls": self.e_cls.tolist(),
-            "cls_norm_stats": self.cls_norm_stats(),
-            "n_sentences": self.n_sentences,
-            "n_query_tokens": self.n_query_tokens,
-            **self.meta,
-        }
+        return {"cls_mass": self.cls_mass.tolist(), "sep_mass": self.sep_mass.tolist(),
+                "other_mass": self.other_mass.tolist(), "e_cls": self.e_cls.tolist(),
+                "cls_norm_stats": self.cls_norm_stats(), "n_sentences": self.n_sentences,
+                "n_query_tokens": self.n_query_tokens, **self.meta}
 
 
-def attention_sink_report(
-    model,
-    tokenizer,
-    sentences: Sequence[str] | Iterable[str],
-    batch_size: int = 32,
-    max_length: int = 64,
-    special_ids: Iterable[int] | None = None,
-    progress: bool = True,
-    desc: str = "attention sink",
-) -> AttentionSinkReport:
+def attention_sink_report(model, tokenizer, sentences: Iterable[str], batch_size: int = 32, max_length: int = 64,
+                          special_ids: Iterable[int] | None = None, progress: bool = True,
+                          desc: str = "attention sink") -> AttentionSinkReport:
     """Run ``attention_mass`` and ``e_cls`` over sentences in batches and aggregate them exactly.
 
     Each batch is ``tokenizer(batch, padding=True, truncation=True, max_length=max_length)``. Masses are
@@ -277,10 +228,8 @@ def attention_sink_report(
     e_rows, cls_norms, n_tokens = [], [], 0
     starts = range(0, len(sentences), batch_size)
     for start in progress_bar(starts, desc=desc, disable=not progress, total=len(starts)):
-        batch = tokenizer(
-            sentences[start : start + batch_size],
-            padding=True, truncation=True, max_length=max_length, return_tensors="pt",
-        )
+        batch = tokenizer(sentences[start:start + batch_size], padding=True, truncation=True, max_length=max_length,
+                          return_tensors="pt")
         ids, mask = batch["input_ids"], batch["attention_mask"]
         attentions, hidden = _run(model, ids, mask, batch.get("token_type_ids"))
         s, count = _mass_sums(attentions, ids, mask, special_ids)
@@ -288,59 +237,32 @@ def attention_sink_report(
         n_tokens += count
         e_rows.append(_e_cls_per_sentence(hidden, mask))  # (layers+1, n)
         cls_norms.append(hidden[-1][:, 0].float().norm(dim=-1).double().cpu().numpy())
-    return AttentionSinkReport(
-        cls_mass=sums["cls"] / n_tokens,
-        sep_mass=sums["sep"] / n_tokens,
-        other_mass=sums["other"] / n_tokens,
-        e_cls=np.concatenate(e_rows, axis=1).mean(1),
-        cls_norms=np.concatenate(cls_norms),
-        n_sentences=len(sentences),
-        n_query_tokens=n_tokens,
-        meta={"max_length": max_length, "batch_size": batch_size},
-    )
+    return AttentionSinkReport(sums["cls"] / n_tokens, sums["sep"] / n_tokens, sums["other"] / n_tokens,
+                               e_cls=np.concatenate(e_rows, axis=1).mean(1), cls_norms=np.concatenate(cls_norms),
+                               n_sentences=len(sentences), n_query_tokens=n_tokens,
+                               meta={"max_length": max_length, "batch_size": batch_size})
 
 
-def dropout_pair_geometry(
-    model,
-    tokenizer,
-    sentences: Sequence[str] | Iterable[str],
-    batch_size: int = 32,
-    max_length: int = 64,
-    seed: int = 0,
-    progress: bool = False,
-    desc: str = "dropout pairs",
-) -> dict:
+def dropout_pair_geometry(model, tokenizer, sentences: Iterable[str], batch_size: int = 32, max_length: int = 64,
+                          seed: int = 0, progress: bool = False, desc: str = "dropout pairs") -> dict:
     """Norm ratio and cosine of the positive pairs of unsupervised SimCSE/JTCSE: two dropout views of a sentence.
 
-    Sentences are sorted by token count (longest first, stable) and batched in that order, to pad little;
-    the results come back in the order of ``sentences``. Each batch of b sentences is tokenised once and fed
-    as 2b rows ``[batch; batch]`` (the same tokens twice) in one forward pass in **train** mode, as the
-    trainer feeds its two views, so every row gets its own dropout mask. With h_n, h+_n the [CLS] vectors (last
-    hidden state of the first token) of view 1 and
-    view 2 of sentence n::
+    Each batch of b sentences (sorted by token count, longest first, stable, to pad little) is tokenised once
+    (``tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt")``) and fed as
+    2b rows ``[batch; batch]`` in one forward pass in **train** mode, as the trainer feeds its two views, so every
+    row gets its own dropout mask. With h_n, h+_n the [CLS] vectors (last hidden state, first token) of the two
+    views of sentence n::
 
         k_n    = ||h+_n|| / ||h_n||
         t_n    = cos(h_n, h+_n)
         l_TN_n = ||h_n - h+_n|| / (||h_n|| + ||h+_n||) = sqrt(1 + k_n^2 - 2 k_n t_n) / (1 + k_n)
 
     (``losses.modulus_gap``), and the same three for the pooler outputs when the model has a pooler (the
-    official ICTM computes l_TN on those).
-
-    Seeded: the dropout masks come from torch's RNG seeded with ``seed`` inside ``torch.random.fork_rng``,
-    so two calls with the same arguments agree and the caller's RNG state is left untouched. Gradients are
-    off; the model's training flag is restored afterwards.
-
-    Args:
-        model: a Hugging Face encoder with dropout (hidden/attention dropout > 0 for non-trivial pairs).
-        tokenizer: its tokenizer; batches are ``tokenizer(batch, padding=True, truncation=True,
-            max_length=max_length, return_tensors="pt")``.
-        sentences: the sentences, one pair each (in order).
-
-    Returns:
-        {"k", "t", "l_tn", "norm" (= ||h_n||)} and, with a pooler, {"k_pooled", "t_pooled", "l_tn_pooled"}:
-        numpy float64 arrays (N,) in the order of ``sentences``.
+    official ICTM computes l_TN on those). The dropout masks come from torch's RNG seeded with ``seed`` inside
+    ``torch.random.fork_rng`` (reproducible; the caller's RNG state is untouched); no gradients; the training
+    flag is restored. Returns {"k", "t", "l_tn", "norm" (= ||h_n||)} and, with a pooler, {"k_pooled",
+    "t_pooled", "l_tn_pooled"}: float64 arrays (N,) in the order of ``sentences``.
     """
-    from .losses import modulus_gap
     sentences = list(sentences)
     if not sentences:
         raise ValueError("no sentences given")

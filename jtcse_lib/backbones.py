@@ -22,12 +22,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelError
+from .files import exclusive_lock, read_json, write_folder, write_json
+from .paths import cache_root
 
 TOWERS = ("tower_a", "tower_b")
 TWIN_JSON = "twin.json"
@@ -69,22 +69,18 @@ TINY_BERT_SEED = 0
 
 
 def tiny_bert_dir() -> Path:
-    """The folder of the `tiny-bert` backbone under the cache folder (`$JTCSE_CACHE_DIR`, else `.cache/`), built on
-    first use: the same weights on every machine (a fixed seed, the caller's random state untouched). It is built
-    in a temporary folder and renamed into place, so a parallel process sees the whole folder or builds its own."""
-    from .data import cache_root
-
+    """The folder of the `tiny-bert` backbone under the cache folder, built on first use: the same weights on every
+    machine (a fixed seed, the caller's random state untouched). One process builds it (files.write_folder, under a
+    lock); the others wait, then find it."""
     spec = json.dumps({**TINY_BERT, "seed": TINY_BERT_SEED, "tokenizer": "minilm"}, sort_keys=True)
     final = cache_root() / "backbones" / f"tiny-bert-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
     if (final / "config.json").is_file():
         return final
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
 
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp's 0700 would make the shared cache unreadable to other users
+    def build(tmp: Path) -> None:
+        import torch
+        from transformers import AutoTokenizer, BertConfig, BertModel
+
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(TINY_BERT_SEED)
             # with a pooler: the official modulus term reads pooler outputs
@@ -93,13 +89,10 @@ def tiny_bert_dir() -> Path:
         AutoTokenizer.from_pretrained(minilm_dir()).save_pretrained(tmp)
         (tmp / "README.md").write_text(f"tiny-bert: a randomly initialised BERT built by jtcse_lib.backbones from "
                                        f"{spec}; meaningless as an encoder, for testing the training path\n")
-        try:
-            tmp.rename(final)
-        except OSError:  # another process renamed its (identical) build first
-            if not (final / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    with exclusive_lock(final.with_name(f".{final.name}.lock"), "the tiny-bert build", wait=True):
+        if not (final / "config.json").is_file():
+            write_folder(final, build, "tiny-bert backbone")
     return final
 
 
@@ -214,22 +207,19 @@ def twin_towers(path: str | os.PathLike) -> tuple[Path, Path]:
 
 def read_twin_json(root: str | os.PathLike) -> dict:
     """The twin folder's marker (empty when absent: a folder with only tower_a/ and tower_b/ is a twin too)."""
-    spec = Path(root) / TWIN_JSON
+    spec, fix = Path(root) / TWIN_JSON, "re-save the twin (training or export_twin)"
     if not spec.is_file():
         return {}
-    try:
-        meta = json.loads(spec.read_text(encoding="utf8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelError(f"{spec} is not valid JSON ({e})", "re-save the twin (training or export_twin)") from None
+    meta = read_json(spec, "twin marker", fix, ModelError)
     if not isinstance(meta, dict) or meta.get("format", TWIN_FORMAT) != TWIN_FORMAT:
-        raise ModelError(f"{spec} is not a {TWIN_FORMAT} marker ({meta})", "re-save the twin (training or export_twin)")
+        raise ModelError(f"{spec} is not a {TWIN_FORMAT} marker ({meta})", fix)
     return meta
 
 
 def write_twin_json(root: str | os.PathLike, **extra) -> None:
     """Write the twin folder's marker: format, towers, how they combine (sum of [CLS]), plus `extra` facts."""
-    meta = {"format": TWIN_FORMAT, "towers": list(TOWERS), "combine": "sum", "pooling": "cls", **extra}
-    (Path(root) / TWIN_JSON).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf8")
+    write_json(Path(root) / TWIN_JSON, {"format": TWIN_FORMAT, "towers": list(TOWERS), "combine": "sum",
+                                        "pooling": "cls", **extra})
 
 
 def model_folder(name: str | os.PathLike) -> str:

@@ -11,25 +11,24 @@ Layout of a data folder (the shipped archive, `$JTCSE_DATA_DIR` and `download-da
 Where it comes from: `$JTCSE_DATA_DIR` when set, else the data the repository ships (`data/jtcse-data.tar.xz`,
 see data/README.md), unpacked on first use into the cache folder and verified against `data/MANIFEST.sha256`.
 
-The loaders follow SentEval exactly (the code SimCSE, TNCSE and JTCSE evaluate with): sentences are split
-on whitespace and re-joined with single spaces, a blank gold line drops its pair, STS-B takes the score from
-column 5 and the sentences from columns 6 and 7, SICK-R skips its header and reads the relatedness score
+The loaders follow SentEval exactly (the code SimCSE, TNCSE and JTCSE evaluate with): sentences are split on
+whitespace and re-joined with single spaces (`senteval_text`), a blank gold line drops its pair, STS-B takes the
+score from column 5 and the sentences from columns 6 and 7, SICK-R skips its header and reads the relatedness score
 from column 4. Anything else malformed stops with the file and line number.
 """
 
 from __future__ import annotations
 
 import codecs
-import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
 import tarfile
-import tempfile
 import time
 import zipfile
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,11 +36,10 @@ import numpy as np
 
 from .errors import ConfigError, DataError, JtcseError
 from .files import FileProblem, exclusive_lock, read_json, read_text, write_file, write_folder, write_json, write_npz
+from .paths import CACHE_ENV, cache_root, source_dir  # data.cache_root stays importable for callers
 
 DATA_ENV = "JTCSE_DATA_DIR"
-CACHE_ENV = "JTCSE_CACHE_DIR"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_DIR = REPO_ROOT / "data"
+SHIPPED_DIR = source_dir("data")
 ARCHIVE_NAME, MANIFEST_NAME = "jtcse-data.tar.xz", "MANIFEST.sha256"
 HUB_DATASET = "princeton-nlp/datasets-for-simcse"
 CORPORA = {"wiki1m_subset": "wiki/wiki1m_subset.txt", "wiki1m": "wiki/wiki1m_for_simcse.txt"}
@@ -57,8 +55,12 @@ STS_SUBSETS: dict[str, tuple[str, ...]] = {
     "STS16": ("answer-answer", "headlines", "plagiarism", "postediting", "question-question"),
 }
 STS_TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark", "SICKRelatedness")
+_SICK_FILES = {"train": "SICK_train.txt", "dev": "SICK_trial.txt", "test": "SICK_test_annotated.txt"}
 _FETCH_FIX = (f"unset {DATA_ENV} to use the data the repository ships, or point it at a folder laid out as "
               "data/README.md describes (`python -m jtcse_lib download-data --dest DIR` writes one)")
+_REPLACE_FIX = "fix or replace the file with the SentEval original"
+# tarfile's "data" filter refuses absolute paths, '..' members and links out of the tree
+_SAFE_TAR = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
 
 
 @dataclass(frozen=True)
@@ -80,20 +82,14 @@ class PairSet:
         return PairSet(self.name, self.sent1[:n], self.sent2[:n], self.gold[:n])
 
 
-# ---------------------------------------------------------------- the cache folder and content digests
-
-def cache_root() -> Path:
-    """The one folder for derived data: the unpacked shipped data, tokenised corpora.
-    `$JTCSE_CACHE_DIR`, else `.cache/` at the repository root."""
-    return Path(os.environ.get(CACHE_ENV) or REPO_ROOT / ".cache").expanduser().resolve()
-
+# ---------------------------------------------------------------- content digests and cache debris
 
 _DIGESTS: dict[tuple, str] = {}
 
 
 def content_digest(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes (hex); memoised per process on (path, size, mtime), so a file edited in
-    place gets a new digest. Caches and run keys use it: what counts is the data, not where it lies."""
+    """SHA-256 of a file's bytes (hex), memoised per process on (path, size, mtime): caches and run keys use it, so
+    what counts is the data, not where it lies, and a file edited in place gets a new digest."""
     path = Path(path).resolve()
     try:
         st = path.stat()
@@ -110,7 +106,7 @@ def content_digest(path: str | os.PathLike) -> str:
 
 
 DEBRIS_AGE_S = 600  # a temporary that nothing has touched for 10 minutes belongs to a dead writer
-# What a killed writer leaves in a cache folder: files.write_folder's `X.tmp` / `X.old` folders, write_npz's
+# What a killed writer leaves in a cache folder: files.write_folder's `X.tmp` / `X.old` folders, files.write_file's
 # `.X.tmp-PID.npz` files, and the `.unpack-*` / `.X.bad-*` folders of earlier versions of this module.
 _DEBRIS = re.compile(r"^(\.unpack-.*|\..+\.bad-.*|.+\.(tmp|old)|\..+\.tmp-\d+(\..*)?)$")
 
@@ -128,11 +124,10 @@ def _last_touched(path: Path) -> float:
 
 
 def sweep_debris(folder: Path, age_s: float = DEBRIS_AGE_S) -> list[Path]:
-    """Remove the temporaries that killed writers left in the cache folder `folder` (names in `_DEBRIS`); returns
-    what went. Rule: only what nothing has modified for `age_s` seconds. An unpack, a tokenisation and an atomic
-    write touch their files continuously (the slowest, an unpack, for seconds), and the callers hold the folder's
-    lock, which every writer there holds for the life of its temporary; the age guards a writer that the lock cannot
-    see (another machine on a file system whose locks are local)."""
+    """Remove (and return) the temporaries (`_DEBRIS`) that killed writers left in the cache folder `folder`, only
+    those nothing has modified for `age_s` seconds. Callers hold the folder's lock, which every writer there holds
+    for the life of its temporary; the age guards a writer the lock cannot see (another machine on a file system
+    whose locks are local): an unpack, a tokenisation and an atomic write touch their files continuously."""
     gone = []
     try:
         entries = list(folder.iterdir())
@@ -168,23 +163,22 @@ def _manifest(folder: Path = SHIPPED_DIR) -> dict[str, str]:
     return {name.strip(): digest for name, digest in entries.items()}
 
 
-def _matches(folder: Path, manifest: dict[str, str]) -> bool:
-    """Every file of the manifest is in `folder` with the listed SHA-256."""
-    return all((folder / name).is_file() and content_digest(folder / name) == digest
-               for name, digest in manifest.items())
+def _mismatches(folder: Path, manifest: dict[str, str]) -> list[str]:
+    """The files of the manifest that `folder` lacks or holds with another SHA-256."""
+    return sorted(name for name, digest in manifest.items()
+                  if not (folder / name).is_file() or content_digest(folder / name) != digest)
 
 
 _VERIFIED: set[Path] = set()
 
 
 def shipped_data_dir(folder: Path = SHIPPED_DIR) -> Path:
-    """The shipped data, unpacked into `cache_root()/data/<manifest digest>/` on first use.
+    """The shipped data, unpacked into `cache_root()/data/<manifest digest>/` on first use, never read unverified.
 
-    The archive is extracted into a temporary folder, every file is checked against the manifest, and only then
-    is the folder renamed into place (files.write_folder); a folder already there is re-verified once per process
-    and, if a file is missing or altered (a partial or corrupted unpack), replaced by a fresh unpack. Never read
-    unverified. Temporaries of killed unpacks are removed on the way (`sweep_debris`).
-    """
+    One process unpacks (under the folder's lock; the others wait, then verify): the archive is extracted into a
+    temporary folder, every file is checked against the manifest, and only then is it renamed into place
+    (files.write_folder). A folder already there is re-verified once per process and, if a file is missing or
+    altered (a partial or corrupted unpack), replaced by a fresh unpack. Killed unpacks' temporaries are removed."""
     manifest = _manifest(folder)
     digest = hashlib.sha256((folder / MANIFEST_NAME).read_bytes()).hexdigest()[:12]
     root = cache_root() / "data"
@@ -195,32 +189,32 @@ def shipped_data_dir(folder: Path = SHIPPED_DIR) -> Path:
     if not archive.is_file():
         raise DataError(f"the shipped data archive {archive} is missing",
                         f"restore it from git (git checkout -- data), or set {DATA_ENV} to a data folder")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        with open(root / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one process unpacks; the others wait, then verify
-            sweep_debris(root)  # under the lock that every unpacker holds while its temporary exists
-            if not (target.is_dir() and _matches(target, manifest)):
-                _unpack(archive, manifest, target)
-    except OSError as e:
-        raise DataError(f"cannot unpack the shipped data into {root} ({e.strerror or e})",
-                        f"free disk space or make it writable, or set {CACHE_ENV} to a writable folder") from None
+    with ExitStack() as held:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            held.enter_context(exclusive_lock(root / ".lock", "the data cache", wait=True))
+        except (OSError, FileProblem) as e:
+            cause = e.strerror if isinstance(e, OSError) else e.problem
+            raise DataError(f"cannot unpack the shipped data into {root} ({cause or e})",
+                            f"free disk space or make it writable, or set {CACHE_ENV} to a writable folder") from None
+        sweep_debris(root)
+        if not (target.is_dir() and not _mismatches(target, manifest)):
+            _unpack(archive, manifest, target)
     _VERIFIED.add(target)
     return target
 
 
 def _unpack(archive: Path, manifest: dict[str, str], target: Path) -> None:
-    """Extract and verify into a temporary folder that replaces `target` only when complete (files.write_folder:
-    a damaged archive, a full disk or a kill never leaves a folder that could be read as the data)."""
+    """Extract and verify into a temporary folder that replaces `target` only when complete: a damaged archive, a
+    full disk or a kill never leaves a folder that could be read as the data."""
     def fill(tmp: Path) -> None:
         try:
             with tarfile.open(archive, "r:xz") as tar:
-                tar.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+                tar.extractall(tmp, **_SAFE_TAR)
         except (tarfile.TarError, EOFError, ValueError) as e:  # lzma errors are ValueError/EOFError subclasses
             raise DataError(f"the shipped data archive {archive} is damaged ({e})",
                             "restore it from git (git checkout -- data)") from None
-        bad = sorted(name for name, digest in manifest.items()
-                     if not (tmp / name).is_file() or content_digest(tmp / name) != digest)
+        bad = _mismatches(tmp, manifest)
         if bad:
             raise DataError(f"the shipped data archive {archive} does not match {MANIFEST_NAME} "
                             f"({len(bad)} file(s), e.g. {bad[0]})", "restore data/ from git (git checkout -- data)")
@@ -249,45 +243,45 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     return path
 
 
+def senteval_text(s: str) -> str:
+    """SentEval tokenises by whitespace and the SimCSE batcher joins the tokens with one space."""
+    return " ".join(s.split())
+
+
 def _read_lines(path: Path) -> list[str]:
     if not path.exists():
         raise DataError(f"data file {path} is missing", _FETCH_FIX)
     return read_text(path, "data file", "replace it with the SentEval original", DataError).splitlines()
 
 
-def _pairs(name: str, s1: list[str], s2: list[str], gold: list[float], path: Path) -> PairSet:
-    if not gold:
-        raise DataError(f"{path} holds no scored pair (empty, or every gold score blank)",
-                        "replace it with the SentEval original")
-    return PairSet(name, s1, s2, np.asarray(gold, dtype=np.float64))
+def _columns(line: str, n: int, path: Path, lineno: int) -> list[str]:
+    cols = line.split("\t")
+    if len(cols) < n:
+        raise DataError(f"{path}, line {lineno}: expected at least {n} tab-separated columns, found {len(cols)}",
+                        _REPLACE_FIX)
+    return cols
 
 
 def _score(text: str, path: Path, lineno: int) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise DataError(f"{path}, line {lineno}: score {text!r} is not a number",
-                        "fix or replace the file with the SentEval original") from None
+        raise DataError(f"{path}, line {lineno}: score {text!r} is not a number", _REPLACE_FIX) from None
     if not np.isfinite(value):
-        raise DataError(f"{path}, line {lineno}: score {text!r} is not finite",
-                        "fix or replace the file with the SentEval original")
+        raise DataError(f"{path}, line {lineno}: score {text!r} is not finite", _REPLACE_FIX)
     return value
 
 
-def _columns(line: str, n: int, path: Path, lineno: int) -> list[str]:
-    cols = line.split("\t")
-    if len(cols) < n:
-        raise DataError(f"{path}, line {lineno}: expected at least {n} tab-separated columns, found {len(cols)}",
-                        "fix or replace the file with the SentEval original")
-    return cols
+def _pairs(name: str, rows: list[tuple[str, str, float]], path: Path) -> PairSet:
+    """(sentence 1, sentence 2, gold) rows as a PairSet, the sentences normalised as SentEval does."""
+    if not rows:
+        raise DataError(f"{path} holds no scored pair (empty, or every gold score blank)",
+                        "replace it with the SentEval original")
+    return PairSet(name, [senteval_text(r[0]) for r in rows], [senteval_text(r[1]) for r in rows],
+                   np.asarray([r[2] for r in rows], dtype=np.float64))
 
 
-def _senteval_text(s: str) -> str:
-    """SentEval tokenises by whitespace and the SimCSE batcher joins tokens with one space."""
-    return " ".join(s.split())
-
-
-# ---------------------------------------------------------------- STS12-16
+# ---------------------------------------------------------------- the seven STS tasks
 
 def load_sts_subset(year: str, subset: str, data_dir=None) -> PairSet:
     """One STS12-16 sub-set: `STS.input.<subset>.txt` (s1 TAB s2) with `STS.gs.<subset>.txt` (blank = no gold)."""
@@ -297,15 +291,10 @@ def load_sts_subset(year: str, subset: str, data_dir=None) -> PairSet:
     if len(inputs) != len(golds):
         raise DataError(f"{inp} has {len(inputs)} lines but {gs} has {len(golds)}",
                         "the two files must be line-aligned: replace them with the SentEval originals")
-    s1, s2, gold = [], [], []
-    for lineno, (pair, score) in enumerate(zip(inputs, golds), start=1):
-        if score.strip() == "":
-            continue  # SentEval: no gold score, the pair is not scored
-        a, b = _columns(pair, 2, inp, lineno)[:2]
-        s1.append(_senteval_text(a))
-        s2.append(_senteval_text(b))
-        gold.append(_score(score.strip(), gs, lineno))
-    return _pairs(f"{year}.{subset}", s1, s2, gold, gs)
+    rows = [(*_columns(pair, 2, inp, lineno)[:2], _score(score.strip(), gs, lineno))
+            for lineno, (pair, score) in enumerate(zip(inputs, golds), start=1)
+            if score.strip()]  # SentEval: a pair without a gold score is not scored
+    return _pairs(f"{year}.{subset}", rows, gs)
 
 
 def load_sts_year(year: str, data_dir=None) -> dict[str, PairSet]:
@@ -313,8 +302,6 @@ def load_sts_year(year: str, data_dir=None) -> dict[str, PairSet]:
         raise DataError(f"unknown STS year {year!r}", f"use one of {', '.join(STS_SUBSETS)}")
     return {sub: load_sts_subset(year, sub, data_dir) for sub in STS_SUBSETS[year]}
 
-
-# ---------------------------------------------------------------- STS-B and SICK-R
 
 def stsb_path(split: str = "test", data_dir=None) -> Path:
     if split not in ("train", "dev", "test"):
@@ -325,18 +312,12 @@ def stsb_path(split: str = "test", data_dir=None) -> Path:
 def load_stsb(split: str = "test", data_dir=None) -> PairSet:
     """STS Benchmark split (train/dev/test): tab-separated, score in column 5, sentences in 6 and 7."""
     path = stsb_path(split, data_dir)
-    s1, s2, gold = [], [], []
+    rows = []
     for lineno, line in enumerate(_read_lines(path), start=1):
-        if not line.strip():
-            continue
-        cols = _columns(line, 7, path, lineno)
-        gold.append(_score(cols[4], path, lineno))
-        s1.append(_senteval_text(cols[5]))
-        s2.append(_senteval_text(cols[6]))
-    return _pairs(f"STSBenchmark.{split}", s1, s2, gold, path)
-
-
-_SICK_FILES = {"train": "SICK_train.txt", "dev": "SICK_trial.txt", "test": "SICK_test_annotated.txt"}
+        if line.strip():
+            cols = _columns(line, 7, path, lineno)
+            rows.append((cols[5], cols[6], _score(cols[4], path, lineno)))
+    return _pairs(f"STSBenchmark.{split}", rows, path)
 
 
 def load_sick(split: str = "test", data_dir=None) -> PairSet:
@@ -348,15 +329,12 @@ def load_sick(split: str = "test", data_dir=None) -> PairSet:
     if not lines or not lines[0].startswith("pair_ID"):
         raise DataError(f"{path}, line 1: expected the header 'pair_ID<TAB>sentence_A<TAB>...'",
                         "replace the file with the SentEval original")
-    s1, s2, gold = [], [], []
+    rows = []
     for lineno, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        cols = _columns(line, 4, path, lineno)
-        s1.append(_senteval_text(cols[1]))
-        s2.append(_senteval_text(cols[2]))
-        gold.append(_score(cols[3], path, lineno))
-    return _pairs(f"SICKRelatedness.{split}", s1, s2, gold, path)
+        if line.strip():
+            cols = _columns(line, 4, path, lineno)
+            rows.append((cols[1], cols[2], _score(cols[3], path, lineno)))
+    return _pairs(f"SICKRelatedness.{split}", rows, path)
 
 
 def sts_test_digest(data_dir=None) -> str:
@@ -411,22 +389,27 @@ def corpus_digest(corpus: str, data_dir=None) -> str:
     return hashlib.sha256(" ".join(content_digest(f) for f in corpus_files(corpus, data_dir)).encode()).hexdigest()
 
 
+def _sick_sentences(data_dir) -> list[str]:
+    """Every distinct sentence of SICK's three splits once, in order (sentence A then B of each pair): unlabelled."""
+    pairs = [load_sick(split, data_dir) for split in _SICK_FILES]
+    return list(dict.fromkeys(s for p in pairs for a, b in zip(p.sent1, p.sent2) for s in (a, b)))
+
+
 def read_corpus(corpus: str, data_dir=None, limit: int | None = None) -> list[str]:
     """The corpus's non-blank lines (`str.splitlines`, as the `text` loader of `datasets` 1.x that SimCSE used
     splits them; since huggingface/datasets#3910 it splits on newlines only), the first `limit` of them; a missing,
     binary, non-UTF-8 or blank file is a DataError naming it.
 
-    `<corpus>+sick` appends the unlabelled sentences of SICK (train, trial and test; sentence A then B of each pair,
-    each distinct sentence once), as the official stage-2 corpus does. TRANSDUCTIVE: SICK-R's test split is one of
-    the seven evaluation sets; only its sentences are used, never its scores."""
+    `<corpus>+sick` appends the unlabelled sentences of SICK (`_sick_sentences`), as the official stage-2 corpus
+    does. TRANSDUCTIVE: SICK-R's test split is one of the seven evaluation sets; only its sentences are used, never
+    its scores."""
     path, *sick = corpus_files(corpus, data_dir)
     text = read_text(path, "corpus file", "use a UTF-8 text file with one sentence per line", DataError)
     lines = [line for line in text.splitlines() if line.strip()]
     if not lines:
         raise DataError(f"corpus {path} has no non-blank line", "use a text file with one sentence per line")
     if sick:
-        pairs = [load_sick(split, data_dir) for split in _SICK_FILES]
-        lines += list(dict.fromkeys(s for p in pairs for a, b in zip(p.sent1, p.sent2) for s in (a, b)))
+        lines += _sick_sentences(data_dir)
     return lines[:limit] if limit is not None else lines
 
 
@@ -500,16 +483,14 @@ def _tokenized_in_process(corpus, tokenizer, max_length, data_dir, limit, key, p
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # damaged: rebuilt, never trusted
             pass
     sentences = read_corpus(corpus, data_dir, limit)
-    ids, lengths, full = [], [], []
-    step = 1000
+    ids, full, step = [], [], 1000
     for start in progress_bar(range(0, len(sentences), step), desc="tokenising corpus", disable=not progress,
                               total=-(-len(sentences) // step)):
         enc, untruncated = _encode(tokenizer, sentences[start:start + step], max_length)
         full += untruncated
         ids += [np.asarray(t, dtype=np.int32) for t in enc]
-        lengths += [len(t) for t in enc]
-    result = TokenizedCorpus(np.concatenate(ids), np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-                             np.asarray(full, dtype=np.int32))
+    offsets = np.concatenate([[0], np.cumsum([len(t) for t in ids])]).astype(np.int64)
+    result = TokenizedCorpus(np.concatenate(ids), offsets, np.asarray(full, dtype=np.int32))
     sweep_debris(cache.parent)  # what killed writes left (no lock here: the age rule alone)
     write_npz(cache, {"ids": result.ids, "offsets": result.offsets, "n_untruncated": result.n_untruncated})
     return result
@@ -573,9 +554,8 @@ def _build_arrow_tokens(corpus, tokenizer, max_length, data_dir, limit, key, tar
         lines = text.map(_nonblank_lines, batched=True, remove_columns=["text"], new_fingerprint=f"{key}-lines",
                          cache_file_name=str(tmp / "text" / "lines.arrow"), desc="reading corpus")
         if sick:  # as read_corpus: each distinct SICK sentence once, after the corpus
-            pairs = [load_sick(split, data_dir) for split in _SICK_FILES]
-            extra = list(dict.fromkeys(s for p in pairs for a, b in zip(p.sent1, p.sent2) for s in (a, b)))
-            lines = datasets.concatenate_datasets([lines, datasets.Dataset.from_dict({"text": extra})])
+            extra = datasets.Dataset.from_dict({"text": _sick_sentences(data_dir)})
+            lines = datasets.concatenate_datasets([lines, extra])
         if limit is not None and limit < len(lines):
             lines = lines.select(range(limit))
         if len(lines) == 0:
@@ -640,7 +620,6 @@ def _tokenized_with_datasets(corpus, tokenizer, max_length, data_dir, limit, key
     if distributed.active():  # rank 0 tokenises on every core; the other ranks wait for its verdict
         # every rank takes part whatever its own view of the cache: a rank that returned early on finding the
         # entry (made by rank 0 while it started) would leave rank 0 waiting at the broadcast
-        failure = None
         if distributed.is_main():
             try:
                 cached = _read_arrow_tokens(target)
@@ -649,7 +628,7 @@ def _tokenized_with_datasets(corpus, tokenizer, max_length, data_dir, limit, key
             except Exception as e:
                 distributed.broadcast_object(f"{type(e).__name__}: {e}")  # the others stop too, not at a timeout
                 raise
-        failure = distributed.broadcast_object(failure)
+        failure = distributed.broadcast_object(None)
         if failure is not None:
             raise DataError(f"rank 0 could not tokenise the corpus ({failure})", "see rank 0's error above")
     if cached is None:
@@ -675,22 +654,20 @@ def _find_senteval_root(tree: Path) -> Path:
 
 
 def extract_senteval(tar_path: str | os.PathLike, dest: str | os.PathLike) -> Path:
-    """Extract SentEval's `senteval.tar` so that `dest/senteval/STS/...` exists; returns `dest/senteval`."""
-    dest = Path(dest)
-    target = dest / "senteval"
-    with tempfile.TemporaryDirectory(dir=dest if dest.exists() else None) as tmp:
+    """Extract SentEval's `senteval.tar` so that `dest/senteval/STS/...` exists, whole or not at all
+    (files.write_folder); returns `dest/senteval`."""
+    def fill(tmp: Path) -> None:
+        tree = tmp / ".tar"
         try:
             with tarfile.open(tar_path) as tar:
-                # the "data" filter refuses absolute paths, '..' members and links out of the tree
-                tar.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+                tar.extractall(tree, **_SAFE_TAR)
         except (tarfile.TarError, OSError) as e:
             raise DataError(f"cannot extract {tar_path}: {e}", "download senteval.tar again") from None
-        root = _find_senteval_root(Path(tmp))
-        dest.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.move(str(root), str(target))
-    return target
+        for child in _find_senteval_root(tree).iterdir():
+            child.rename(tmp / child.name)
+        shutil.rmtree(tree)
+
+    return write_folder(Path(dest) / "senteval", fill, "SentEval data")
 
 
 def download_data(dest: str | os.PathLike = "data-full", full_corpus: bool = True) -> Path:
@@ -709,7 +686,6 @@ def download_data(dest: str | os.PathLike = "data-full", full_corpus: bool = Tru
         dest.mkdir(parents=True, exist_ok=True)
         tar = hf_hub_download(HUB_DATASET, "senteval.tar", repo_type="dataset")
         extract_senteval(tar, dest)
-        (dest / "wiki").mkdir(exist_ok=True)
         write_file(dest / CORPORA["wiki1m_subset"], lambda tmp: shutil.copyfile(subset, tmp))
         if full_corpus:  # atomic: a kill mid-copy leaves no truncated corpus for JTCSE_DATA_DIR to read
             wiki = hf_hub_download(HUB_DATASET, "wiki1m_for_simcse.txt", repo_type="dataset")

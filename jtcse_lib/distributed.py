@@ -1,16 +1,15 @@
 """Training on several devices with torch.distributed: set-up from torchrun's environment, and the gathers a
 contrastive loss needs. In one process every function here is a no-op, so the single-device code path is the same.
 
-Why a gather *with* gradient: an in-batch contrastive loss scores each anchor against every candidate of the
-batch. With DDP each rank holds 1/W of the global batch; to score its anchors against all candidates it gathers
-them from every rank (`gather`), computes its anchors' mean loss, and backpropagates through the gather, whose
-backward sends each rank's gradient to the rank that owns the row. DDP then averages the ranks' parameter gradients:
+Why a gather *with* gradient: an in-batch contrastive loss scores each anchor against every candidate of the batch.
+With DDP each rank holds 1/W of the global batch; it gathers the candidates of every rank (`gather`), computes its
+anchors' mean loss, and backpropagates through the gather, whose backward sums every rank's gradient for a row into
+the rank that owns it. DDP then averages the ranks' parameter gradients:
 
     (1/W) sum_r d mean_r / d theta  =  d [(1/W) sum_r mean_r] / d theta  =  d mean_global / d theta
 
-(equal local batches), the gradient of the single-device loss on the global batch. `torch.distributed.nn.
-functional.all_gather` is the gather whose backward does this; a gather without gradient (accelerate's `gather`)
-would drop the other ranks' share of each row's gradient.
+(equal local batches), the gradient of the single-device loss on the global batch. A gather without gradient
+(accelerate's `gather`) would drop the other ranks' share of each row's gradient.
 """
 
 from __future__ import annotations
@@ -71,12 +70,13 @@ def barrier() -> None:
 
 
 def gather(x: torch.Tensor) -> torch.Tensor:
-    """The rows of every rank, in rank order, with gradient: (n, H) -> (W n, H); x itself in one process."""
+    """The rows of every rank, in rank order, with gradient: (n, H) -> (W n, H); x itself in one process.
+    sentence-transformers' `all_gather(with_grad=True)`, i.e. `torch.distributed.nn.all_gather`."""
     if not active():
         return x
-    from torch.distributed.nn.functional import all_gather
+    from sentence_transformers.util import all_gather
 
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    return all_gather(x, with_grad=True)
 
 
 @torch.no_grad()
@@ -84,9 +84,9 @@ def gather_constant(x: torch.Tensor) -> torch.Tensor:
     """The rows of every rank, without gradient (a frozen teacher's vectors): (n, H) -> (W n, H)."""
     if not active():
         return x
-    parts = [torch.empty_like(x) for _ in range(world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts, dim=0)
+    from sentence_transformers.util import all_gather
+
+    return all_gather(x.contiguous())
 
 
 def mean(x: torch.Tensor) -> torch.Tensor:
@@ -140,14 +140,9 @@ def launch(nproc: int, argv: list[str]) -> int:
     import subprocess
     import sys
 
-    child, skip = [], False
-    for arg in argv:  # drop --nproc N: the children are the N processes
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            child.append(arg)
+    # drop --nproc N: the children are the N processes
+    child = [a for i, a in enumerate(argv) if a != "--nproc" and not a.startswith("--nproc=")
+             and (i == 0 or argv[i - 1] != "--nproc")]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
            "jtcse_lib", *child, "--set", f"nproc={nproc}"]
     code = subprocess.run(cmd).returncode

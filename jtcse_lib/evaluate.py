@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy.stats import rankdata, spearmanr
 
 from .backbones import is_twin_dir, load_backbone, model_folder, model_inputs, twin_towers
 from .data import STS_TASKS, PairSet, load_stsb, load_task
+from .device import choose_device
 from .errors import ConfigError
 from .progress import progress_bar
+from .stats import bootstrap_ci, spearman100
 
 POOLINGS = ("cls", "mean", "pooler")
 Encoder = Callable[[Sequence[str]], np.ndarray]
@@ -57,9 +58,7 @@ def pool(output, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
 
 
 def default_device() -> torch.device:
-    """CUDA when usable, else the CPU (`jtcse_lib.device.choose_device`, quietly: notebooks show the device)."""
-    from .device import choose_device
-
+    """`device.choose_device("auto")` quietly (the notebooks print the device they use)."""
     return choose_device("auto", quiet=True)
 
 
@@ -141,7 +140,7 @@ def sentence_encoder(model, pooling: str = "cls", batch_size: int = 128, max_len
     """Load `model` (a name, a tower folder, a twin folder or a run folder) and return its `Encoder` on `device`
     (default: CUDA when available), in eval mode: a twin gives the `SumEncoder` of its towers (the twin at
     inference), anything else a `TowerEncoder`. Loads the weights: seconds for MiniLM, more for BERT-base."""
-    device = torch.device(device) if device is not None else default_device()
+    device = torch.device(device) if device is not None else choose_device("auto", quiet=True)
     model = model_folder(model)
     names = twin_towers(model) if is_twin_dir(model) else [model]
     encoders = []
@@ -167,27 +166,6 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide((a * b).sum(1), denom, out=np.zeros(len(a)), where=denom > 0)
 
 
-def spearman100(pred: np.ndarray, gold: np.ndarray) -> float:
-    return float(spearmanr(pred, gold).statistic * 100)
-
-
-def bootstrap_ci(pred: np.ndarray, gold: np.ndarray, n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95, chunk: int = 200) -> tuple[float, float]:
-    """Percentile bootstrap interval of Spearman x 100 over pairs resampled with replacement."""
-    rng = np.random.default_rng(seed)
-    n = len(gold)
-    stats = []
-    for start in range(0, n_boot, chunk):
-        idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))  # (r, n)
-        rp, rg = rankdata(pred[idx], axis=1), rankdata(gold[idx], axis=1)  # Spearman = Pearson of ranks
-        rp -= rp.mean(1, keepdims=True)
-        rg -= rg.mean(1, keepdims=True)
-        stats.append((rp * rg).sum(1) / np.sqrt((rp ** 2).sum(1) * (rg ** 2).sum(1)))
-    stats = np.concatenate(stats) * 100
-    alpha = (1 - level) / 2
-    return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
-
-
 @dataclass
 class TaskScore:
     task: str
@@ -206,26 +184,16 @@ def score_task(task: str, subsets: dict[str, PairSet], embed: dict[str, np.ndarr
     """Score one task given an embedding for every sentence it holds (`embed`: sentence -> vector)."""
     preds, golds, per_subset = [], [], {}
     for name, pairs in subsets.items():
-        e1 = np.stack([embed[s] for s in pairs.sent1])
-        e2 = np.stack([embed[s] for s in pairs.sent2])
-        pred = cosine(e1, e2)
+        pred = cosine(np.stack([embed[s] for s in pairs.sent1]), np.stack([embed[s] for s in pairs.sent2]))
         per_subset[name] = {"spearman": spearman100(pred, pairs.gold), "n_pairs": len(pairs)}
         preds.append(pred)
         golds.append(pairs.gold)
     pred, gold = np.concatenate(preds), np.concatenate(golds)
     rhos = np.array([s["spearman"] for s in per_subset.values()])
     sizes = np.array([s["n_pairs"] for s in per_subset.values()])
-    return TaskScore(
-        task=task,
-        spearman=spearman100(pred, gold),  # "all": one correlation over the concatenated pairs
-        n_pairs=len(gold),
-        subsets=per_subset,
-        mean=float(rhos.mean()),
-        wmean=float((rhos * sizes).sum() / sizes.sum()),
-        ci=bootstrap_ci(pred, gold, bootstrap, seed) if bootstrap else None,
-        pred=pred,
-        gold=gold,
-    )
+    return TaskScore(task, spearman100(pred, gold), len(gold), per_subset,  # "all": one correlation over all pairs
+                     mean=float(rhos.mean()), wmean=float((rhos * sizes).sum() / sizes.sum()),
+                     ci=bootstrap_ci(pred, gold, bootstrap, seed) if bootstrap else None, pred=pred, gold=gold)
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Reading and writing the small files of runs and results, through one door.
 
-Writes are atomic (a temporary file beside the target, then a rename), so a kill or a full disk never leaves
-half a file where a whole one was. Reads turn a missing, empty, binary, non-UTF-8 or truncated file into one
-`JtcseError` that names the file and the fix, instead of a traceback.
+Writes are atomic (a temporary beside the target, then a rename), so a kill or a full disk never leaves half a file
+where a whole one was. Reads turn a missing, empty, binary, non-UTF-8 or truncated file into one `FileProblem` (or
+the caller's error type) that names the file and the fix, instead of a traceback.
 """
 
 from __future__ import annotations
@@ -35,10 +35,9 @@ class Busy(JtcseError):
 
 # ---------------------------------------------------------------- full disks
 
-# What the writers raise on a full disk: OSError(ENOSPC) from Python, SafetensorError("... No space left on device")
-# from safetensors, RuntimeError("... file write failed") from torch's zip writer (which loses the errno).
-# torch's writer may also only say "[enforce fail at inline_container.cc] unexpected pos": those count as a full disk
-# only when the disk is in fact (nearly) full, checked before the partial file is removed.
+# What writers raise on a full disk: OSError(ENOSPC) from Python, SafetensorError("... No space left on device"),
+# RuntimeError("... file write failed") from torch's zip writer (which loses the errno), or only "[enforce fail at
+# inline_container.cc] unexpected pos": those count as a full disk only when the disk is in fact (nearly) full.
 _FULL_WORDS = ("no space left", "disk quota exceeded", "file write failed", "failed writing file",
                "inline_container", "unexpected pos")
 
@@ -92,30 +91,40 @@ def write_failure(error: BaseException, target: Path, what: str, need_bytes: int
                        "choose a writable path (check permissions and free disk space)")
 
 
-def _write_atomically(path: str | os.PathLike, write) -> Path:
-    """`write(tmp)` to a temporary file beside `path`, then rename it to `path`: a reader sees the whole file or
-    none; on any failure (a full disk included) the temporary file goes and `path` is untouched. Creates the parent
-    folder."""
+def _failed_write(error: Exception, target: Path, what: str, need_bytes: int, cleanup, fix: str = "or write elsewhere"):
+    """Raise the one-line error of a write the file system failed (an OSError, or a library's full-disk error),
+    judged before `cleanup()` frees the space; anything else (a JtcseError, a bug) propagates unchanged."""
+    fs = not isinstance(error, JtcseError) and (isinstance(error, OSError) or is_disk_full(error, target.parent))
+    problem = write_failure(error, target, what, need_bytes, fix) if fs else None
+    cleanup()
+    if problem is None:
+        raise error
+    raise problem from None
+
+
+# ---------------------------------------------------------------- the atomic writers
+
+def write_file(path: str | os.PathLike, write) -> Path:
+    """`write(tmp)` writes the file (e.g. `fig.savefig`, `torch.save`) to a temporary beside `path`, renamed to `path`
+    when done: a reader sees the whole file or none; on any failure the temporary goes and `path` is untouched (a
+    full disk is `NoSpace`). The temporary keeps `path`'s suffix, which savefig and np.savez go by. Creates the
+    parent folder."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")  # same suffix: np.savez would add one
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         tmp.replace(path)
     except Exception as e:  # OSError, and what numpy or a library raises on a full disk
-        problem = _as_write_problem(e, path, "file", 2 * _tree_bytes(tmp))  # judged before the space is freed
-        tmp.unlink(missing_ok=True)
-        if problem is None:  # not the file system's doing: a bug keeps its traceback
-            raise
-        raise problem from None
+        _failed_write(e, path, "file", 2 * _tree_bytes(tmp), lambda: tmp.unlink(missing_ok=True))
     return path
 
 
 def write_folder(final: Path, write, what: str, fix: str = "or write elsewhere") -> Path:
-    """The folder writer: `write(tmp)` fills a temporary folder beside `final`, which then replaces `final` by two
-    renames, so one complete version exists on disk at every instant (a kill between the renames leaves
-    `final.old`, which readers of `final` fall back to). On any failure the temporary folder goes and `final` is
-    untouched: a full disk is `NoSpace`, with the megabytes to free."""
+    """`write(tmp)` fills a temporary folder `final.tmp`, which then replaces `final` by two renames, so one complete
+    version exists on disk at every instant (a kill between the renames leaves `final.old`, which readers of `final`
+    fall back to). On any failure the temporary goes and `final` is untouched: a full disk is `NoSpace`, with the
+    megabytes to free. One writer at a time per `final` (callers that may race hold a lock)."""
     final = Path(final)
     tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
     try:
@@ -124,12 +133,8 @@ def write_folder(final: Path, write, what: str, fix: str = "or write elsewhere")
         tmp.mkdir(parents=True)
         write(tmp)
     except Exception as e:  # OSError, SafetensorError, torch's RuntimeError ...: the previous version is intact
-        problem = None if isinstance(e, JtcseError) else _as_write_problem(  # judged before the space is freed
-            e, tmp, f"{what} folder", max(_tree_bytes(final), _tree_bytes(tmp)) + (1 << 20), fix)
-        shutil.rmtree(tmp, ignore_errors=True)
-        if problem is None:  # a JtcseError, or a bug: unchanged
-            raise
-        raise problem from None
+        _failed_write(e, tmp, f"{what} folder", max(_tree_bytes(final), _tree_bytes(tmp)) + (1 << 20),
+                      lambda: shutil.rmtree(tmp, ignore_errors=True), fix)
     try:
         if old.exists():
             shutil.rmtree(old)
@@ -143,85 +148,16 @@ def write_folder(final: Path, write, what: str, fix: str = "or write elsewhere")
     return final
 
 
-def _as_write_problem(error: BaseException, target: Path, what: str, need_bytes: int,
-                      fix: str = "or write elsewhere") -> FileProblem | None:
-    """The one-line error for a failed write when the file system caused it (an OSError, or a library's full-disk
-    error); None for anything else, which is a bug and keeps its traceback."""
-    if isinstance(error, OSError) or is_disk_full(error, Path(target).parent):
-        return write_failure(error, target, what, need_bytes=need_bytes, fix=fix)
-    return None
-
-
-# ---------------------------------------------------------------- locks
-
-
-def writer_lock(run_dir: str | os.PathLike) -> Path:
-    """The lock file a training holds for its whole run, beside its run folder (not inside: --restart renames the
-    folder); `lock_holder` on it says whether, and by whom, the folder is being trained into."""
-    out = Path(run_dir).expanduser()
-    return out.with_name(f".{out.name}.writer.lock")
-
-
-@contextmanager
-def exclusive_lock(path: str | os.PathLike, what: str, wait: bool = False,
-                   fix: str = "wait for it to finish (or stop it), then run again"):
-    """Hold an exclusive lock (`flock`) on the file `path` while the block runs; the file records its holder
-    ("pid N on HOST since T") so that a refused process can name it. With `wait=False` a held lock raises `Busy`
-    at once; with `wait=True` it blocks until the holder is done. The kernel releases the lock when the holder
-    exits, a kill -9 included, so a stale lock file never blocks anyone."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise write_failure(e, path, "lock file") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            holder = os.pread(fd, 300, 0).decode("utf8", "replace").strip() or "another process"
-            raise Busy(f"{what} is in use by {holder}", fix) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def lock_holder(path: str | os.PathLike) -> str | None:
-    """Who holds the lock `exclusive_lock(path)` takes ("pid N on HOST since T"), or None when nobody does (or the
-    file is absent). Needs only read access."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return os.pread(fd, 300, 0).decode("utf8", "replace").strip() or "another process"
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
-def write_file(path: str | os.PathLike, write) -> Path:
-    """`write(tmp)` writes the file (e.g. `fig.savefig`), atomically: a reader sees the whole file or none, and a
-    full disk is `NoSpace`. The temporary file keeps `path`'s suffix, which savefig and np.savez go by."""
-    return _write_atomically(path, write)
-
-
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write `text` to `path` atomically."""
-    return _write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf8"))
+    return write_file(path, lambda tmp: tmp.write_text(text, encoding="utf8"))
 
 
 def write_npz(path: str | os.PathLike, arrays: dict) -> Path:
     """`np.savez(path, **arrays)`, atomically (`path` should end in .npz)."""
     import numpy as np
 
-    return _write_atomically(path, lambda tmp: np.savez(tmp, **arrays))
+    return write_file(path, lambda tmp: np.savez(tmp, **arrays))
 
 
 def finite(obj):
@@ -240,6 +176,71 @@ def write_json(path: str | os.PathLike, obj) -> Path:
     """`obj` as indented strict JSON (non-finite numbers as null), written atomically."""
     return write_text(path, json.dumps(finite(obj), indent=2, default=str, allow_nan=False) + "\n")
 
+
+# ---------------------------------------------------------------- locks
+
+def writer_lock(run_dir: str | os.PathLike) -> Path:
+    """The lock file a training holds for its whole run, beside its run folder (not inside: --restart renames the
+    folder); `lock_holder` on it says whether, and by whom, the folder is being trained into."""
+    out = Path(run_dir).expanduser()
+    return out.with_name(f".{out.name}.writer.lock")
+
+
+def _recorded_holder(path: Path) -> str:
+    try:
+        return path.read_bytes()[:300].decode("utf8", "replace").strip() or "another process"
+    except OSError:
+        return "another process"
+
+
+@contextmanager
+def exclusive_lock(path: str | os.PathLike, what: str, wait: bool = False,
+                   fix: str = "wait for it to finish (or stop it), then run again"):
+    """Hold an exclusive lock on the file `path` while the block runs (`filelock.FileLock`: a kernel `flock`, which
+    the kernel releases when the holder exits, kill -9 included, so a stale lock file never blocks anyone). The file
+    records its holder ("pid N on HOST since T") so that a refused process can name it. With `wait=False` a held
+    lock raises `Busy` at once; with `wait=True` it waits until the holder is done."""
+    from filelock import FileLock, Timeout
+
+    path = Path(path)
+
+    def record(fd: int) -> None:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}".encode(), 0)
+
+    # no soft fallback: a marker file would outlive a killed holder
+    lock = FileLock(path, timeout=-1 if wait else 0, mode=0o644, fallback_to_soft=False, on_acquired=record)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except Timeout:  # before OSError: filelock's Timeout is a TimeoutError
+        raise Busy(f"{what} is in use by {_recorded_holder(path)}", fix) from None
+    except OSError as e:
+        raise write_failure(e, path, "lock file") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def lock_holder(path: str | os.PathLike) -> str | None:
+    """Who holds the lock `exclusive_lock(path)` takes ("pid N on HOST since T"), or None when nobody does (or the
+    file is absent). Needs only read access, and two probes never see each other: a shared `flock` on a read-only
+    descriptor, which filelock has no call for (its locks are exclusive and open the file for writing)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released by the close below
+    except BlockingIOError:
+        return _recorded_holder(Path(path))
+    finally:
+        os.close(fd)
+    return None
+
+
+# ---------------------------------------------------------------- readers
 
 def read_text(path: str | os.PathLike, what: str = "file", fix: str = "restore or recreate it",
               error: type[JtcseError] = FileProblem) -> str:

@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from .backbones import is_twin_dir, resolve
+from .backbones import is_twin_dir, model_folder, resolve
 from .errors import ConfigError, DataError, JtcseError, ModelError
+from .evaluate import POOLINGS, sentence_encoder
 
 MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 _INSTALL = ("MTEB is not installed", 'pip install -e ".[mteb]"')
@@ -164,16 +165,14 @@ def mteb_model(path, pooling: str = "cls", batch_size: int = 128, max_length: in
     towers' vectors), a tower / Hugging Face folder, `minilm` or a Hub id, read with `pooling` (cls, mean,
     pooler). `name` overrides the MTEB model name (`organization/model`)."""
     _require_mteb()
-    from . import backbones, evaluate
-
-    if pooling not in evaluate.POOLINGS:
-        raise ConfigError(f"unknown pooling {pooling!r}", f"use one of {', '.join(evaluate.POOLINGS)}")
+    if pooling not in POOLINGS:
+        raise ConfigError(f"unknown pooling {pooling!r}", f"use one of {', '.join(POOLINGS)}")
     if name is not None and "/" not in name:
         raise ConfigError(f"MTEB model name {name!r} has no '/'", "pass it as organization/model, e.g. me/jtcse-bert")
-    model = backbones.model_folder(path)  # a run folder stands for its best/ model
+    model = model_folder(path)  # a run folder stands for its best/ model
     if not is_twin_dir(model):
         resolve(model)  # a clear ModelError for a bad name or folder before anything loads
-    encoder = evaluate.sentence_encoder(model, pooling, batch_size, max_length, progress=progress, device=device)
+    encoder = sentence_encoder(model, pooling, batch_size, max_length, progress=progress, device=device)
     widths = {t.model.config.hidden_size for t in _towers(encoder)}
     if len(widths) > 1:
         raise ModelError(f"the towers of {model} have different widths ({sorted(widths)}): their vectors cannot "
@@ -183,20 +182,10 @@ def mteb_model(path, pooling: str = "cls", batch_size: int = 128, max_length: in
 
 def _hub_errors() -> tuple[type[BaseException], ...]:
     """What loading a task's data raises when the Hub cannot be reached or does not give the dataset."""
-    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    try:
-        from datasets.exceptions import DatasetNotFoundError
+    from datasets.exceptions import DatasetNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-        errors.append(DatasetNotFoundError)
-    except ImportError:
-        pass
-    try:
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-        errors += [HfHubHTTPError, LocalEntryNotFoundError]
-    except ImportError:
-        pass
-    return tuple(errors)
+    return ConnectionError, TimeoutError, DatasetNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
 
 def resolve_tasks(tasks, languages: Sequence[str] | None = None) -> list:

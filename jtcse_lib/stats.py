@@ -8,6 +8,9 @@ Two axes of uncertainty, kept apart because they answer different questions:
 - **over seeds** (`seed_comparison`): one difference per training seed; how much does the difference move when
   the models are trained again? Student t interval of the mean and an exact sign test. The test set is fixed.
 
+`spearman100` (S below, the STS score) and `bootstrap_ci` (one model's interval over test pairs) are what
+`evaluate` reports; `verdict_interval` and `verdict` say which interval a comparison rests on and what it supports.
+
 Notation: task t with n_t pairs, gold y_t, predictions (cosines) a_t, b_t; S(p, y) = Spearman x 100;
 d_t = S(a_t, y_t) - S(b_t, y_t); Avg difference d = (1/T) sum_t d_t over the T tasks given (the seven STS tasks
 in the usual use). A difference is "A minus B": positive means A scores higher.
@@ -15,24 +18,12 @@ in the usual use). A difference is "A minus B": positive means A scores higher.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest, rankdata
-from scipy.stats import t as student_t
-
-from .evaluate import spearman100
-
-__all__ = [
-    "BOOT_COLUMNS",
-    "TABLE_COLUMNS",
-    "comparison_table",
-    "describe_difference",
-    "paired_bootstrap",
-    "seed_comparison",
-    "verdict",
-]
+from scipy.stats import binomtest, rankdata, spearmanr, ttest_1samp
 
 BOOT_COLUMNS = ["task", "n_pairs", "score_a", "score_b", "diff", "boot_low", "boot_high", "boot_se",
                 "boot_share_le0", "level", "n_boot"]
@@ -41,6 +32,11 @@ TABLE_COLUMNS = ["comparison", "task", "n_seeds", "seeds", "mean_diff", "sd", "t
 
 
 # ---------------------------------------------------------------- over test pairs
+
+def spearman100(pred: np.ndarray, gold: np.ndarray) -> float:
+    """S(p, y): Spearman's rank correlation x 100 (the SentEval STS score)."""
+    return float(spearmanr(pred, gold).statistic * 100)
+
 
 def _centred_ranks(values: np.ndarray) -> np.ndarray:
     """Average ranks of each row (ties share their mean rank, as Spearman needs), minus the row mean."""
@@ -53,6 +49,21 @@ def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Row-wise Pearson r of centred rows: sum x y / sqrt(sum x^2 sum y^2); a constant row gives NaN."""
     with np.errstate(invalid="ignore", divide="ignore"):
         return (x * y).sum(1) / np.sqrt((x ** 2).sum(1) * (y ** 2).sum(1))
+
+
+def bootstrap_ci(pred: np.ndarray, gold: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95, chunk: int = 200) -> tuple[float, float]:
+    """Percentile bootstrap interval of S(pred, gold) over pairs resampled with replacement (one model, one task):
+    `rng.integers(0, n, size=(r, n))` per chunk of r <= `chunk` replicates, Spearman = Pearson of the ranks."""
+    rng = np.random.default_rng(seed)
+    n = len(gold)
+    rhos = []
+    for start in range(0, n_boot, chunk):
+        idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))  # (r, n)
+        rhos.append(_pearson_rows(_centred_ranks(pred[idx]), _centred_ranks(gold[idx])))
+    rhos = np.concatenate(rhos) * 100
+    alpha = (1 - level) / 2
+    return float(np.quantile(rhos, alpha)), float(np.quantile(rhos, 1 - alpha))
 
 
 def _check_inputs(pred_a: Mapping, pred_b: Mapping, gold: Mapping) -> dict[str, tuple]:
@@ -143,7 +154,7 @@ def seed_comparison(diffs: Sequence[float], level: float = 0.95) -> dict:
     """Mean of per-seed differences d_1..d_n (A - B, one per seed), its Student t interval and a sign test.
 
         mean = (1/n) sum_i d_i,   sd = sqrt(sum_i (d_i - mean)^2 / (n - 1))
-        t interval = mean -/+ t_{(1+level)/2, n-1} sd / sqrt(n)        (NaN sd and interval when n = 1)
+        t interval = mean -/+ t_{(1+level)/2, n-1} sd / sqrt(n)   (`scipy.stats.ttest_1samp`; NaN when n = 1)
         sign_p = two-sided exact binomial test of n_pos successes in n_pos + n_neg trials, p = 1/2
                  (ties d_i = 0 dropped; NaN when every d_i is 0). With 3 seeds its smallest value is 0.25.
     Returns a dict with keys n, mean, sd, t_low, t_high, n_pos, n_neg, sign_p, level.
@@ -156,11 +167,15 @@ def seed_comparison(diffs: Sequence[float], level: float = 0.95) -> dict:
     if not 0 < level < 1:
         raise ValueError(f"level={level}; use a coverage in (0, 1), e.g. 0.95")
     n, mean = d.size, float(d.mean())
-    sd = float(d.std(ddof=1)) if n > 1 else float("nan")
-    half = float(student_t.ppf((1 + level) / 2, n - 1) * sd / np.sqrt(n)) if n > 1 else float("nan")
+    sd = low = high = float("nan")
+    if n > 1:
+        sd = float(d.std(ddof=1))
+        with warnings.catch_warnings():  # equal d_i (sd 0): scipy warns of precision loss; the interval is [d, d]
+            warnings.simplefilter("ignore", RuntimeWarning)
+            low, high = map(float, ttest_1samp(d, 0.0).confidence_interval(level))
     n_pos, n_neg = int((d > 0).sum()), int((d < 0).sum())
     sign_p = float(binomtest(n_pos, n_pos + n_neg, 0.5).pvalue) if n_pos + n_neg else float("nan")
-    return {"n": n, "mean": mean, "sd": sd, "t_low": mean - half, "t_high": mean + half,
+    return {"n": n, "mean": mean, "sd": sd, "t_low": low, "t_high": high,
             "n_pos": n_pos, "n_neg": n_neg, "sign_p": sign_p, "level": level}
 
 
@@ -185,20 +200,36 @@ def _boot_triples(boot) -> list[tuple[float, float, float]]:
     out = []
     for item in boot:
         if isinstance(item, (Mapping, pd.Series)):
-            out.append((float(item["diff"]), float(item["boot_low"]), float(item["boot_high"])))
-        else:
-            d, lo, hi = item
-            out.append((float(d), float(lo), float(hi)))
+            item = item["diff"], item["boot_low"], item["boot_high"]
+        d, lo, hi = item
+        out.append((float(d), float(lo), float(hi)))
     return out
 
 
-def _headline(summary: dict, boot: list) -> tuple[float, float, str]:
-    """The interval the verdict rests on: t over seeds (n >= 2), else the one seed's bootstrap, else none."""
-    if summary["n"] >= 2:
-        return summary["t_low"], summary["t_high"], "t over seeds"
-    if boot:
-        return boot[0][1], boot[0][2], "bootstrap over test pairs (1 seed)"
-    return float("nan"), float("nan"), "none"
+def _per_seed(labels, triples, sep: str) -> str:
+    return sep.join(f"{lab}: {d:+.2f} [{lo:+.2f}, {hi:+.2f}]" for lab, (d, lo, hi) in zip(labels, triples))
+
+
+def verdict_interval(rows):
+    """The interval [low, high] a verdict rests on, for a row (a mapping or Series) or a frame of
+    `comparison_table`: the Student t interval over seeds (t_low, t_high) with n_seeds >= 2, else the one seed's
+    paired bootstrap over test pairs (boot_low, boot_high; NaN when there is none). Floats or Series."""
+    if isinstance(rows, pd.DataFrame):
+        many = rows["n_seeds"] > 1
+        return rows["t_low"].where(many, rows["boot_low"]), rows["t_high"].where(many, rows["boot_high"])
+    if rows["n_seeds"] > 1:
+        return rows["t_low"], rows["t_high"]
+    return rows["boot_low"], rows["boot_high"]
+
+
+def _summary(diffs, triples: list, level: float) -> tuple[dict, dict]:
+    """`seed_comparison` of the per-seed `diffs`, and its columns of `comparison_table` (`boot_*`: the bootstrap of
+    the one seed; `interval`: what `verdict_interval` rests on)."""
+    s = seed_comparison(diffs, level)
+    one = triples[0] if len(triples) == 1 else (np.nan, np.nan, np.nan)
+    over = "t over seeds" if s["n"] > 1 else "bootstrap over test pairs (1 seed)" if triples else "none"
+    return s, {"n_seeds": s["n"], "mean_diff": s["mean"], "sd": s["sd"], "t_low": s["t_low"], "t_high": s["t_high"],
+               "sign_p": s["sign_p"], "boot_low": one[1], "boot_high": one[2], "interval": over}
 
 
 def describe_difference(diffs: Sequence[float] | None = None, boot: Iterable | None = None, what: str = "Avg",
@@ -223,8 +254,8 @@ def describe_difference(diffs: Sequence[float] | None = None, boot: Iterable | N
         raise ValueError(f"{len(diffs)} differences but {len(triples)} bootstrap rows; give one per seed")
     if triples and not np.allclose([d for d, _, _ in triples], diffs):
         raise ValueError("`diffs` and the bootstrap rows' observed differences disagree; same seed order?")
-    s = seed_comparison(diffs, level)
-    low, high, over = _headline(s, triples)
+    s, row = _summary(diffs, triples, level)
+    (low, high), over = verdict_interval(row), row["interval"]
     pct = f"{level * 100:g}%"
     head = f"{a} - {b}: {s['mean']:+.2f} {what} points"
     if over == "t over seeds":
@@ -237,9 +268,8 @@ def describe_difference(diffs: Sequence[float] | None = None, boot: Iterable | N
                  " seed-to-seed variation not included)")
     parts = [head]
     if triples and s["n"] >= 2:
-        labels = [str(x) for x in seeds] if seeds is not None else [f"seed {i + 1}" for i in range(len(triples))]
-        per_seed = ", ".join(f"{lab}: {d:+.2f} [{lo:+.2f}, {hi:+.2f}]" for lab, (d, lo, hi) in zip(labels, triples))
-        parts.append(f"paired bootstrap over test pairs, per seed: {per_seed}")
+        labels = seeds if seeds is not None else [f"seed {i + 1}" for i in range(len(triples))]
+        parts.append(f"paired bootstrap over test pairs, per seed: {_per_seed(labels, triples, ', ')}")
     parts.append(verdict(low, high, a, b))
     return "; ".join(parts)
 
@@ -284,15 +314,8 @@ def comparison_table(comparisons, level: float | None = None) -> pd.DataFrame:
                               [(f.loc[task, "diff"], f.loc[task, "boot_low"], f.loc[task, "boot_high"])
                                for f in frames]) for task in tasks}
         for task, (diffs, triples) in by_task.items():
-            s = seed_comparison(diffs, lvl)
-            low, high, over = _headline(s, triples)
-            one = triples[0] if len(triples) == 1 else (np.nan, np.nan, np.nan)
-            rows.append({
-                "comparison": name, "task": task, "n_seeds": s["n"], "seeds": ",".join(map(str, seeds)),
-                "mean_diff": s["mean"], "sd": s["sd"], "t_low": s["t_low"], "t_high": s["t_high"],
-                "sign_p": s["sign_p"], "boot_low": one[1], "boot_high": one[2],
-                "boot_per_seed": "; ".join(f"{sd}: {d:+.2f} [{lo:+.2f}, {hi:+.2f}]"
-                                           for sd, (d, lo, hi) in zip(seeds, triples)),
-                "interval": over, "verdict": verdict(low, high), "level": lvl, "n_boot": n_boot,
-            })
+            _, row = _summary(diffs, triples, lvl)
+            row.update(comparison=name, task=task, seeds=",".join(map(str, seeds)), level=lvl, n_boot=n_boot,
+                       boot_per_seed=_per_seed(seeds, triples, "; "), verdict=verdict(*verdict_interval(row)))
+            rows.append(row)
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)

@@ -1,7 +1,7 @@
 """SentEval's seven transfer tasks (MR, CR, SUBJ, MPQA, SST-2, TREC, MRPC) with a scikit-learn classifier.
 
 Data: the loaders read SentEval's own files exactly as SentEval's `binary.py`, `sst.py`, `trec.py` and
-`mrpc.py` do, and join each token list with single spaces as SimCSE's batcher does::
+`mrpc.py` do, and join each token list with single spaces as SimCSE's batcher does (`data.senteval_text`)::
 
     DATA_DIR/senteval/MR/rt-polarity.{pos,neg}          latin-1, one sentence a line, pos=1 neg=0     10662
     DATA_DIR/senteval/CR/custrev.{pos,neg}              (same)                                          3775
@@ -36,32 +36,20 @@ Protocol (SentEval as SimCSE's `evaluation.py --mode test` runs it: kfold = 10, 
 
 Classifier: `sklearn.linear_model.LogisticRegression` with SentEval's own scikit-learn grids (its
 `usepytorch=False` path): C in {2^-2, ..., 2^3} for the inner CV and SST-2, C in {2^-1, ..., 2^5} for TREC and
-MRPC. It minimises  1/2 ||w||^2 + C sum_i CE(softmax(W x_i + b), y_i)  to convergence (multinomial for
-TREC). What differs from the PyTorch classifier SimCSE reports with (usepytorch=True, nhid=0, Adam, batch 64,
-L2 as weight decay in {1e-5, ..., 1e-2}, early stopping with tenacity 5 and epoch_size 4):
-- the regulariser is searched over C, not over weight decay; with the mean loss, weight decay lambda equals
-  C = 1 / (lambda n), but early stopping regularises the PyTorch model further, so the two are not equivalent;
-- the optimum is computed (Newton-Cholesky for two classes, Newton-CG for TREC's six, gradient tolerance
-  1e-6) instead of approached by early-stopped Adam, whose stopping point is chosen on the held-out inner
-  fold, a 5% split of the training part, or SST-2 dev;
-- the bias is not penalised (weight decay also shrinks it);
-- no randomness enters the fit, so the numbers are a function of the embeddings and `seed` (the folds) only.
-So the scores are not expected to equal SentEval's PyTorch numbers; by how much they differ was not measured
-here (SentEval's PyTorch classifier needs CUDA). SentEval's own scikit-learn path predates scikit-learn 0.22,
-whose default solver was liblinear (one-vs-rest for TREC, intercept penalised): the grids are SentEval's, the
-solver is today's exact multinomial one.
+MRPC, minimising  1/2 ||w||^2 + C sum_i CE(softmax(W x_i + b), y_i)  to convergence (Newton-Cholesky for two
+classes, multinomial Newton-CG for TREC, gradient tolerance 1e-6; SentEval's scikit-learn path predates 0.22, whose
+default was liblinear, one-vs-rest with a penalised intercept), on raw features as SentEval feeds them (the meaning
+of its C grid depends on that scale). SimCSE reports SentEval's PyTorch classifier instead (Adam, L2 as weight
+decay lambda in {1e-5, ..., 1e-2}, i.e. C = 1 / (lambda n) but further regularised by early stopping on a held-out
+split, and a penalised bias); the two are not equivalent, so the scores are not expected to equal SimCSE's (by how
+much was not measured: that classifier needs CUDA). No randomness enters the fit: the numbers are a function of
+the embeddings and `seed` (the folds) only.
 
-Features are not standardised: SentEval feeds raw embeddings to both of its classifiers, and the meaning of
-its C grid depends on that scale; standardising would make a different (if reasonable) protocol.
-
-Speed: every distinct sentence is encoded once per call (shared between tasks, e.g. MR and SST-2 overlap); the
-classifier works on the cached matrix, in float64. Each grid is walked from strong to weak regularisation
-with warm starts (the optimum is unique, so this changes only the path to it, within the tolerance). Checked
-on MiniLM embeddings: Newton-Cholesky and Newton-CG give identical tables on CR, TREC and MRPC, and cold and
-warm-started fits identical inner-CV accuracies on a CR outer fold; L-BFGS (scikit-learn's default) was
-6-20x slower there and, short of convergence even at tolerance 1e-6, moved inner-CV accuracies by up to 0.06.
-The fits run with BLAS/OpenMP at one thread, in `n_jobs` processes (folds are independent, so the numbers do
-not depend on `n_jobs`).
+Speed: each distinct sentence is encoded once per call (shared between tasks); the classifier works on the cached
+matrix in float64; each grid is walked from strong to weak regularisation with warm starts (the optimum is unique;
+checked on MiniLM embeddings: the same tables as cold fits, and as Newton-CG for the binary tasks; L-BFGS was 6-20x
+slower and short of convergence). The fits run BLAS at one thread, in `n_jobs` processes (folds are independent,
+so the numbers do not depend on `n_jobs`).
 """
 
 from __future__ import annotations
@@ -74,7 +62,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import TRANSFER_TASKS
-from .data import resolve_data_dir
+from .data import resolve_data_dir, senteval_text
 from .errors import ConfigError, DataError
 from .progress import progress_bar
 
@@ -114,6 +102,11 @@ class LabelledSplit:
     def sentences(self) -> list[str]:
         return self.sent1 + (self.sent2 or [])
 
+    def take(self, idx) -> LabelledSplit:
+        """The samples at positions `idx`, in that order."""
+        return LabelledSplit([self.sent1[i] for i in idx], self.labels[np.asarray(idx, dtype=np.int64)],
+                             None if self.sent2 is None else [self.sent2[i] for i in idx])
+
 
 @dataclass(frozen=True)
 class TransferTask:
@@ -130,11 +123,6 @@ class TransferTask:
     @property
     def counts(self) -> dict[str, int]:
         return {name: len(split) for name, split in self.splits.items()}
-
-
-def _senteval_text(tokens: list[str]) -> str:
-    """SimCSE's batcher: `' '.join(tokens)` of SentEval's whitespace-split token list."""
-    return " ".join(tokens)
 
 
 def _read(path: Path, encoding: str) -> str:
@@ -171,7 +159,7 @@ def _load_binary(task: str, folder: Path) -> TransferTask:
         lines = _read(path, "latin-1").splitlines()
         if not any(line.strip() for line in lines):
             raise DataError(f"data file {path} has no sentence", _FIX)
-        sentences += [_senteval_text(line.split()) for line in lines]
+        sentences += [senteval_text(line) for line in lines]
         labels += [label] * len(lines)
     classes = ("subjective", "objective") if task == "SUBJ" else ("negative", "positive")
     return TransferTask(task, {"all": LabelledSplit(sentences, np.asarray(labels, dtype=np.int64))}, classes)
@@ -185,7 +173,7 @@ def _load_sst2_split(path: Path) -> LabelledSplit:
         if len(cols) < 2:
             raise DataError(f"{path}, line {lineno}: expected 'sentence<TAB>label', found no tab", _FIX)
         labels.append(_label(cols[1], {"0": 0, "1": 1}, path, lineno))
-        sentences.append(_senteval_text(cols[0].split()))
+        sentences.append(senteval_text(cols[0]))
     if not labels:
         raise DataError(f"data file {path} is empty", _FIX)
     return LabelledSplit(sentences, np.asarray(labels, dtype=np.int64))
@@ -202,7 +190,7 @@ def _load_trec_split(path: Path) -> LabelledSplit:
             raise DataError(f"{path}, line {lineno}: expected 'COARSE:fine question', found {line.strip()[:40]!r}",
                             _FIX)
         labels.append(_label(target, classes, path, lineno))
-        sentences.append(_senteval_text(fine_and_question[1].split()))
+        sentences.append(senteval_text(fine_and_question[1]))
     if not labels:
         raise DataError(f"data file {path} is empty", _FIX)
     return LabelledSplit(sentences, np.asarray(labels, dtype=np.int64))
@@ -220,8 +208,8 @@ def _load_mrpc_split(path: Path) -> LabelledSplit:
         if len(cols) < 5:
             raise DataError(f"{path}, line {lineno}: expected 5 tab-separated columns, found {len(cols)}", _FIX)
         labels.append(_label(cols[0], {"0": 0, "1": 1}, path, lineno))
-        s1.append(_senteval_text(cols[3].split()))
-        s2.append(_senteval_text(cols[4].split()))
+        s1.append(senteval_text(cols[3]))
+        s2.append(senteval_text(cols[4]))
     if not labels:
         raise DataError(f"data file {path} has a header but no pair", _FIX)
     return LabelledSplit(s1, np.asarray(labels, dtype=np.int64), s2)
@@ -275,6 +263,14 @@ def _classifier(C: float, nclasses: int, seed: int):
     return LogisticRegression(C=C, solver=solver, tol=TOL, max_iter=MAX_ITER, warm_start=True, random_state=seed)
 
 
+def _one_thread():
+    """BLAS and OpenMP limited to one thread: the fits are small, and on a loaded 2-core machine multi-threaded
+    BLAS was measured 2-8x *slower* than one thread; more cores are used through `n_jobs` processes instead."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1)
+
+
 def _grid_path(X_tr, y_tr, X_te, y_te, grid, nclasses, seed, keep: bool = False, bar=None):
     """For each C of `grid` (ascending: strong to weak regularisation), the accuracy on (X_te, y_te) of the
     classifier fit on (X_tr, y_tr), each fit warm-started from the previous C's optimum; with `keep`, also
@@ -298,51 +294,41 @@ def _fold_path(X, y, train_idx, test_idx, grid, nclasses, seed) -> list[float]:
         return _grid_path(X[train_idx], y[train_idx], X[test_idx], y[test_idx], grid, nclasses, seed)[0]
 
 
-def _one_thread():
-    """BLAS and OpenMP limited to one thread: the fits are small, and on a loaded 2-core machine multi-threaded
-    BLAS was measured 2-8x *slower* than one thread (threads spin while others hold the cores); more cores are
-    used through `n_jobs` processes instead."""
-    from threadpoolctl import threadpool_limits
+def _parallel(jobs, n_jobs: int, bar=None) -> list:
+    """Run `jobs` (joblib delayed calls) in order, `n_jobs` processes at a time (1: in this process), ticking `bar`."""
+    from joblib import Parallel
 
-    return threadpool_limits(limits=1)
+    results = []
+    for r in Parallel(n_jobs=n_jobs, return_as="generator")(jobs):
+        results.append(r)
+        if bar is not None:
+            bar.update(1)
+    return results
 
 
-def _cv_select(X, y, grid, kfold, nclasses, seed) -> tuple[float, float, list[float]]:
-    """SentEval's CV selection: per C the mean accuracy over `kfold` stratified folds, x 100 rounded to 2
-    decimals; the first best C, its score and all scores."""
+def _pick(accs) -> tuple[int, list[float]]:
+    """SentEval's choice: each grid point's accuracy x 100 rounded to 2 decimals, then the first best."""
+    scores = [round(100 * float(a), 2) for a in accs]
+    return int(np.argmax(scores)), scores
+
+
+def _cv_scores(X, y, grid, kfold, nclasses, seed, n_jobs: int = 1, bar=None) -> tuple[int, list[float]]:
+    """SentEval's CV selection: per C the mean accuracy over `kfold` stratified folds; `_pick` of them."""
+    from joblib import delayed
     from sklearn.model_selection import StratifiedKFold
 
     folds = StratifiedKFold(n_splits=kfold, shuffle=True, random_state=seed).split(X, y)
-    accs = np.array([_fold_path(X, y, tr, te, grid, nclasses, seed) for tr, te in folds])  # (kfold, len(grid))
-    scores = [round(100 * float(m), 2) for m in accs.mean(0)]
-    best = int(np.argmax(scores))
-    return grid[best], scores[best], scores
+    jobs = [delayed(_fold_path)(X, y, tr, te, grid, nclasses, seed) for tr, te in folds]
+    return _pick(np.array(_parallel(jobs, n_jobs, bar)).mean(0))  # mean over (kfold, len(grid))
 
 
 def _outer_fold(X, y, train_idx, test_idx, kfold, nclasses, seed) -> tuple[float, float, float]:
     """One outer fold of SentEval's InnerKFoldClassifier: (chosen C, its inner-CV score, test accuracy x 100)."""
     X_tr, y_tr = X[train_idx], y[train_idx]
     with _one_thread():
-        C, cv, _ = _cv_select(X_tr, y_tr, C_GRID_INNER, kfold, nclasses, seed)
-        clf = _classifier(C, nclasses, seed).fit(X_tr, y_tr)
-        return C, cv, round(100 * float(clf.score(X[test_idx], y[test_idx])), 2)
-
-
-def _parallel(jobs, n_jobs: int, bar):
-    """Run `jobs` (joblib delayed calls) in order, `n_jobs` processes at a time, advancing `bar` per result."""
-    if n_jobs == 1:
-        results = []
-        for fn, args, kwargs in jobs:
-            results.append(fn(*args, **kwargs))
-            bar.update(1)
-        return results
-    from joblib import Parallel
-
-    results = []
-    for r in Parallel(n_jobs=n_jobs, return_as="generator")(jobs):
-        results.append(r)
-        bar.update(1)
-    return results
+        best, scores = _cv_scores(X_tr, y_tr, C_GRID_INNER, kfold, nclasses, seed)
+        clf = _classifier(C_GRID_INNER[best], nclasses, seed).fit(X_tr, y_tr)
+        return C_GRID_INNER[best], scores[best], round(100 * float(clf.score(X[test_idx], y[test_idx])), 2)
 
 
 # ---------------------------------------------------------------- protocols
@@ -377,51 +363,42 @@ def _check_classes(task: str, y: np.ndarray, need: int, kfold: int) -> None:
                         "use the full SentEval files or a smaller kfold")
 
 
-def _run_inner_cv(task: TransferTask, X, kfold, seed, n_jobs, bar) -> TransferScore:
+def _run_inner_cv(task: TransferTask, X: dict, kfold, seed, n_jobs, bar) -> TransferScore:
     from joblib import delayed
     from sklearn.model_selection import StratifiedKFold
 
-    y = task.splits["all"].labels
+    X, y = X["all"], task.splits["all"].labels
     _check_classes(task.name, y, 2 * kfold, kfold)
     outer = StratifiedKFold(n_splits=kfold, shuffle=True, random_state=seed).split(X, y)
     bar.reset(total=kfold)
     jobs = [delayed(_outer_fold)(X, y, tr, te, kfold, len(task.classes), seed) for tr, te in outer]
-    folds = _parallel(jobs, n_jobs, bar)
-    Cs, cvs, tests = zip(*folds)
+    Cs, cvs, tests = zip(*_parallel(jobs, n_jobs, bar))
     return TransferScore(task.name, "inner-cv", test_acc=round(float(np.mean(tests)), 2),
                          dev_acc=round(float(np.mean(cvs)), 2), C=list(Cs), counts=task.counts)
 
 
 def _run_dev(task: TransferTask, X: dict, seed, bar) -> TransferScore:
-    (X_tr, X_dev, X_te) = (X[s] for s in ("train", "dev", "test"))
     y_tr, y_dev, y_te = (task.splits[s].labels for s in ("train", "dev", "test"))
     bar.reset(total=len(C_GRID_INNER))
-    accs, models = _grid_path(X_tr, y_tr, X_dev, y_dev, C_GRID_INNER, len(task.classes), seed, keep=True, bar=bar)
-    scores = [round(100 * a, 2) for a in accs]
-    best = int(np.argmax(scores))
-    test = round(100 * float(models[best].score(X_te, y_te)), 2)
+    accs, models = _grid_path(X["train"], y_tr, X["dev"], y_dev, C_GRID_INNER, len(task.classes), seed, keep=True,
+                              bar=bar)
+    best, scores = _pick(accs)
+    test = round(100 * float(models[best].score(X["test"], y_te)), 2)
     return TransferScore(task.name, "dev", test_acc=test, dev_acc=scores[best], C=C_GRID_INNER[best],
                          counts=task.counts, grid_scores=scores)
 
 
 def _run_cv(task: TransferTask, X: dict, kfold, seed, n_jobs, bar) -> TransferScore:
-    from joblib import delayed
     from sklearn.metrics import f1_score
-    from sklearn.model_selection import StratifiedKFold
 
-    X_tr, X_te = X["train"], X["test"]
     y_tr, y_te = task.splits["train"].labels, task.splits["test"].labels
     nclasses = len(task.classes)
     _check_classes(task.name, y_tr, kfold, kfold)
     bar.reset(total=kfold + 1)
-    folds = StratifiedKFold(n_splits=kfold, shuffle=True, random_state=seed).split(X_tr, y_tr)
-    jobs = [delayed(_fold_path)(X_tr, y_tr, tr, te, C_GRID_KFOLD, nclasses, seed) for tr, te in folds]
-    accs = np.array(_parallel(jobs, n_jobs, bar))  # (kfold, len(grid))
-    scores = [round(100 * float(m), 2) for m in accs.mean(0)]
-    best = int(np.argmax(scores))
-    clf = _classifier(C_GRID_KFOLD[best], nclasses, seed).fit(X_tr, y_tr)
+    best, scores = _cv_scores(X["train"], y_tr, C_GRID_KFOLD, kfold, nclasses, seed, n_jobs, bar)
+    clf = _classifier(C_GRID_KFOLD[best], nclasses, seed).fit(X["train"], y_tr)
     bar.update(1)
-    yhat = clf.predict(X_te)
+    yhat = clf.predict(X["test"])
     f1 = round(100 * float(f1_score(y_te, yhat)), 2) if task.name == "MRPC" else None
     return TransferScore(task.name, "cv", test_acc=round(100 * float(np.mean(yhat == y_te)), 2),
                          dev_acc=scores[best], C=C_GRID_KFOLD[best], counts=task.counts, f1=f1,
@@ -431,12 +408,7 @@ def _run_cv(task: TransferTask, X: dict, kfold, seed, n_jobs, bar) -> TransferSc
 # ---------------------------------------------------------------- evaluation
 
 def _in_senteval_order(task: TransferTask) -> TransferTask:
-    splits = {}
-    for name, split in task.splits.items():
-        order = senteval_order(split)
-        splits[name] = LabelledSplit([split.sent1[i] for i in order], split.labels[order],
-                                     [split.sent2[i] for i in order] if split.sent2 is not None else None)
-    return TransferTask(task.name, splits, task.classes)
+    return TransferTask(task.name, {name: s.take(senteval_order(s)) for name, s in task.splits.items()}, task.classes)
 
 
 class _EmbeddingCache:
@@ -540,11 +512,8 @@ def subsample(task: TransferTask, limit: int | None, seed: int = SENTEVAL_SEED) 
     if limit is None or all(len(split) <= limit for split in task.splits.values()):
         return task
     rng = np.random.default_rng(seed)
-    splits = {}
-    for name, split in task.splits.items():
-        keep = np.sort(rng.choice(len(split), size=min(limit, len(split)), replace=False))
-        splits[name] = LabelledSplit([split.sent1[i] for i in keep], split.labels[keep],
-                                     [split.sent2[i] for i in keep] if split.sent2 is not None else None)
+    splits = {name: split.take(np.sort(rng.choice(len(split), size=min(limit, len(split)), replace=False)))
+              for name, split in task.splits.items()}  # one draw per split, in the order of the splits
     return TransferTask(task.name, splits, task.classes)
 
 
@@ -584,15 +553,14 @@ def evaluate_transfer(encoder: Encoder, tasks: Sequence[str] = TRANSFER_TASKS, d
         fold_bar.reset()
         fold_bar.unit = "C" if task.protocol == "dev" else "fold"
         fold_bar.set_description(f"{name} " + ("C values" if task.protocol == "dev" else "folds"))
+        X = {split: _features(task, cache, split) for split in task.splits}
         with _one_thread():
             if task.protocol == "inner-cv":
-                score = _run_inner_cv(task, _features(task, cache, "all"), kfold, seed, n_jobs, fold_bar)
+                score = _run_inner_cv(task, X, kfold, seed, n_jobs, fold_bar)
+            elif task.protocol == "dev":
+                score = _run_dev(task, X, seed, fold_bar)
             else:
-                X = {split: _features(task, cache, split) for split in task.splits}
-                if task.protocol == "dev":
-                    score = _run_dev(task, X, seed, fold_bar)
-                else:
-                    score = _run_cv(task, X, kfold, seed, n_jobs, fold_bar)
+                score = _run_cv(task, X, kfold, seed, n_jobs, fold_bar)
         score.n_sentences, score.n_encoded = len(sentences), n_new
         score.encode_seconds, score.fit_seconds = encoded - start, time.perf_counter() - encoded
         results[name] = score

@@ -100,23 +100,31 @@ def test_tiny_bert_is_built_once_deterministically_with_a_pooler(tmp_path, monke
 
 
 def test_tiny_bert_built_by_two_processes_at_once_is_one_whole_folder(tmp_path, monkeypatch):
-    """The build goes to a temporary folder renamed into place: a process that finds the folder already there
-    when it renames (another one finished first) keeps that one and removes its own."""
+    """One process builds (under the build's lock, into a temporary folder renamed into place); a process that
+    asks meanwhile waits for the lock, then finds the folder whole and does not build it again."""
     import shutil
-    import tempfile
+    import threading
+    import time
+
+    from jtcse_lib.files import exclusive_lock
 
     monkeypatch.setenv("JTCSE_CACHE_DIR", str(tmp_path / "other"))
     other = Path(backbones.tiny_bert_dir())  # what the faster process built
     monkeypatch.setenv("JTCSE_CACHE_DIR", str(tmp_path / "cache"))
     final = tmp_path / "cache" / "backbones" / other.name
-    real_mkdtemp = tempfile.mkdtemp
+    lock, held = final.with_name(f".{final.name}.lock"), threading.Event()
 
-    def mkdtemp_then_the_other_process_finishes(**kwargs):
-        tmp = real_mkdtemp(**kwargs)
-        shutil.copytree(other, final)
-        return tmp
+    def the_other_process():
+        with exclusive_lock(lock, "the other build"):
+            held.set()
+            time.sleep(0.3)
+            shutil.copytree(other, final)
 
-    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp_then_the_other_process_finishes)
+    builder = threading.Thread(target=the_other_process)
+    builder.start()
+    held.wait()
+    monkeypatch.setattr(backbones, "write_folder", lambda *a, **k: pytest.fail("built while another process was"))
     assert backbones.tiny_bert_dir() == final
-    assert sorted(p.name for p in final.parent.iterdir()) == [final.name]  # no temporary folder left behind
+    builder.join()
+    assert sorted(p.name for p in final.parent.iterdir()) == [lock.name, final.name]  # no temporary left behind
     assert (final / "model.safetensors").read_bytes() == (other / "model.safetensors").read_bytes()

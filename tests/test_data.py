@@ -537,7 +537,7 @@ def test_extract_refuses_path_traversal(tmp_path):
     tar_path = _tar(tmp_path, "downstream", extra_member="../../evil.txt")
     with pytest.raises(DataError, match="cannot extract"):
         data.extract_senteval(tar_path, tmp_path / "dest")
-    assert not (tmp_path / "evil.txt").exists()
+    assert not list(tmp_path.rglob("evil.txt")) and not (tmp_path / "dest" / "senteval").exists()
 
 
 def test_extract_without_senteval_content(tmp_path):

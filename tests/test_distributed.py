@@ -25,6 +25,7 @@ def torchrun(*args, nproc=2, timeout=600):
                            *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["simcse", "tncse", "jtcse", "distill"])
 def test_two_processes_equal_one_on_the_doubled_batch(stage, tmp_path):
     """Loss and every parameter's gradient, float64, dropout off: negatives gathered with gradient at the rank's

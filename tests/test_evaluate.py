@@ -4,6 +4,7 @@ import torch
 from scipy.stats import spearmanr
 
 from jtcse_lib import evaluate as ev
+from jtcse_lib import stats
 from jtcse_lib.data import PairSet, load_stsb
 from jtcse_lib.errors import ConfigError
 
@@ -104,18 +105,14 @@ def test_unknown_task_is_rejected(tiny_data):
         ev.evaluate_sts(TableEncoder(), tasks=["STS12", "STS99"], data_dir=tiny_data)
 
 
-def test_bootstrap_matches_a_loop_and_contains_the_estimate():
-    rng = np.random.default_rng(1)
-    gold = rng.uniform(0, 5, 200)
-    pred = gold + rng.normal(0, 1.5, 200)
-    lo, hi = ev.bootstrap_ci(pred, gold, n_boot=300, seed=7, chunk=64)
-    # reference: the same resamples, scored with scipy one by one
-    ref_rng = np.random.default_rng(7)
-    idx = np.concatenate([ref_rng.integers(0, 200, size=(min(64, 300 - s), 200)) for s in range(0, 300, 64)])
-    stats = np.array([spearmanr(pred[i], gold[i]).statistic * 100 for i in idx])
-    assert lo == pytest.approx(np.quantile(stats, 0.025), abs=1e-9)
-    assert hi == pytest.approx(np.quantile(stats, 0.975), abs=1e-9)
-    assert lo < ev.spearman100(pred, gold) < hi
+def test_scores_use_the_statistics_of_stats():
+    # Spearman and its bootstrap live in stats (tested there); evaluate scores with them and re-exports spearman100
+    assert ev.spearman100 is stats.spearman100 and ev.bootstrap_ci is stats.bootstrap_ci
+    report = ev.evaluate_sts(TableEncoder(), tasks=["STSBenchmark"], data_dir=None, bootstrap=50, seed=3,
+                             max_pairs=40)
+    task = report.tasks["STSBenchmark"]
+    assert task.spearman == stats.spearman100(task.pred, task.gold)
+    assert task.ci == stats.bootstrap_ci(task.pred, task.gold, 50, 3)
 
 
 def test_cosine_handles_zero_vectors():
@@ -135,13 +132,31 @@ def test_stsb_dev_score_uses_dev(tiny_data):
     score = ev.stsb_dev_score(enc, tiny_data)
     dev = load_stsb("dev", tiny_data)
     assert set(enc.calls[0]) == set(dev.sent1 + dev.sent2)
-    assert -100 <= score <= 100
+    assert score == pytest.approx(ev.spearman100(ev.cosine(enc(dev.sent1), enc(dev.sent2)), dev.gold), abs=1e-9)
+    assert score != pytest.approx(ev.spearman100(ev.cosine(enc(dev.sent1), enc(dev.sent2[::-1])), dev.gold))
 
 
-# ------------------------------------------------------------------ the real MiniLM
 
-def test_length_sorted_batches_equal_one_by_one(minilm):
-    model, tokenizer = minilm
+
+# ------------------------------------------------------------------ a tiny random BERT, and the real MiniLM
+
+@pytest.fixture(scope="module")
+def tiny_bert():
+    """(model, tokenizer): a 2-layer, 32-wide random BERT with a pooler and MiniLM's tokenizer, eval mode."""
+    from transformers import BertConfig, BertModel
+
+    from jtcse_lib.backbones import load_tokenizer
+
+    tokenizer = load_tokenizer("minilm")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=37, max_position_embeddings=128)
+    return BertModel(config).eval(), tokenizer
+
+
+@pytest.mark.parametrize("backbone", ["tiny_bert", pytest.param("minilm", marks=pytest.mark.slow)])
+def test_length_sorted_batches_equal_one_by_one(backbone, request):
+    model, tokenizer = request.getfixturevalue(backbone)
     sentences = ["a short one .", "a considerably longer sentence with many more tokens in it than the others",
                  "medium length sentence here", "a short one .", "x"]
     for pooling in ("cls", "mean", "pooler"):
@@ -149,12 +164,12 @@ def test_length_sorted_batches_equal_one_by_one(minilm):
         single = np.concatenate([ev.encode(model, tokenizer, [s], pooling=pooling, progress=False)
                                  for s in sentences])
         np.testing.assert_allclose(batched, single, atol=1e-5)
-    assert batched.shape == (5, 384)
+    assert batched.shape == (5, model.config.hidden_size)
     np.testing.assert_array_equal(batched[0], batched[3])
 
 
-def test_encode_restores_training_mode_and_truncates(minilm):
-    model, tokenizer = minilm
+def test_encode_restores_training_mode_and_truncates(tiny_bert):
+    model, tokenizer = tiny_bert
     model.train()
     try:
         long = "word " * 100
@@ -166,6 +181,20 @@ def test_encode_restores_training_mode_and_truncates(minilm):
         model.eval()
 
 
+def test_sentence_encoder_defaults_to_the_chosen_device(tiny_bert, tmp_path, monkeypatch):
+    from jtcse_lib import device
+
+    for part in tiny_bert:
+        part.save_pretrained(tmp_path)
+    monkeypatch.setattr(device, "cuda_problem", lambda: "no GPU in this test")  # auto -> the CPU, quietly
+    enc = ev.sentence_encoder(tmp_path, progress=False)
+    assert next(enc.model.parameters()).device.type == "cpu" and ev.default_device().type == "cpu"
+    sentences = ["a short one .", "two dogs run in the snow"]
+    np.testing.assert_allclose(enc(sentences), ev.encode(*tiny_bert, sentences, progress=False), atol=1e-6)
+    assert ev.sentence_encoder(tmp_path, "mean", device="cpu", progress=False).pooling == "mean"
+
+
+@pytest.mark.slow  # encodes the 1379 STS-B test pairs with MiniLM: about 25 s on 2 cores
 def test_minilm_mean_pooling_reproduces_published_stsb(minilm, real_data):
     """all-MiniLM-L6-v2 with mean pooling: 82.03 on STS-B test, the figure its authors publish."""
     model, tokenizer = minilm

@@ -93,10 +93,12 @@ def twin_dir(tmp_path_factory):
     return root
 
 
-def _mteb_vs_ours(model, pairs, real_data, out, encoder=None):
-    """(MTEB main score, our STS-B score), both Spearman x 100; MTEB's result file is checked too."""
-    result = run_mteb(model, [local_stsb_task(pairs)], output_folder=out, progress=False)
-    ours = evaluate_sts(encoder or model.encoder, ["STSBenchmark"], data_dir=real_data).scores["STSBenchmark"]
+def _mteb_vs_ours(model, pairs, real_data, out, encoder=None, max_pairs=None):
+    """(MTEB main score, our STS-B score), both Spearman x 100 on the first `max_pairs` test pairs (default: all);
+    MTEB's result file is checked too."""
+    result = run_mteb(model, [local_stsb_task(pairs.head(max_pairs))], output_folder=out, progress=False)
+    ours = evaluate_sts(encoder or model.encoder, ["STSBenchmark"], data_dir=real_data,
+                        max_pairs=max_pairs).scores["STSBenchmark"]
     meta = model.mteb_model_meta
     files = list((out / "results" / meta.model_name_as_path() / meta.revision).rglob(f"{TASK}.json"))
     assert len(files) == 1, files
@@ -108,11 +110,13 @@ def _mteb_vs_ours(model, pairs, real_data, out, encoder=None):
 
 # ---------------------------------------------------------------- MTEB score == our evaluator's score
 
-@pytest.mark.parametrize("which", ["twin-cls", "tower-mean"])
-def test_mteb_matches_our_evaluator_on_stsb(which, twin_dir, stsb, real_data, tmp_path, one_torch_thread):
+@pytest.mark.parametrize("which, max_pairs", [("twin-cls", 200),  # the fast lane's check; all pairs below (slow)
+                                             pytest.param("twin-cls", None, marks=pytest.mark.slow),
+                                             pytest.param("tower-mean", None, marks=pytest.mark.slow)])
+def test_mteb_matches_our_evaluator_on_stsb(which, max_pairs, twin_dir, stsb, real_data, tmp_path, one_torch_thread):
     path, pooling = (twin_dir, "cls") if which == "twin-cls" else (twin_dir / "tower_a", "mean")
     model = mteb_model(path, pooling, progress=False)
-    score, ours = _mteb_vs_ours(model, stsb, real_data, tmp_path)  # two independent encodings
+    score, ours = _mteb_vs_ours(model, stsb, real_data, tmp_path, max_pairs=max_pairs)  # two independent encodings
     print(f"{which}, STS-B test: MTEB {score:.4f}, ours {ours:.4f}")
     assert abs(score - ours) < 0.01, (score, ours)
     assert 0 < abs(score) < 100
@@ -133,6 +137,7 @@ def test_mteb_matches_our_evaluator_minilm_cls(stsb, real_data, tmp_path):
     assert meta.training_datasets and "MSMARCO" in meta.training_datasets  # from MTEB's registry entry
 
 
+@pytest.mark.slow  # eleven MTEB evaluators: about 10 s
 @pytest.mark.filterwarnings("ignore:To copy construct from a tensor")  # MTEB's bitext evaluator, on any model
 def test_every_text_task_type_runs(twin_dir, tmp_path, one_torch_thread):
     """MTEB's own in-memory mock tasks, one per text task type: the adapter serves each evaluator."""
@@ -241,6 +246,7 @@ def test_task_data_off_the_hub_is_a_one_line_error(twin_dir, tmp_path, monkeypat
     assert "JtcseHubOnlySTS" in text and "jtcse-tests/no-such-dataset" in text and "Hub access" in text
 
 
+@pytest.mark.slow  # builds MTEB's task registry: about 6 s
 @pytest.mark.filterwarnings("ignore:Skipping task")
 def test_unknown_task_names_the_likely_one():
     with pytest.raises(ConfigError) as err:

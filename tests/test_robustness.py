@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import mounted_tmpfs
 from safetensors.torch import load_file
 
 from jtcse_lib.config import load_profile
@@ -34,6 +36,7 @@ def test_cross_attention_count_must_divide_the_depth(cfg, tmp_path, real_data):
         Trainer(cfg.replace(cross_attention_layers=3), "jtcse", tmp_path, data_dir=real_data, progress=False).run()
 
 
+@pytest.mark.slow
 def test_long_sentences_are_truncated_and_counted(cfg, tmp_path, real_data):
     Trainer(cfg.replace(max_steps=1, eval_every=1), "simcse_a", tmp_path, data_dir=real_data, progress=False).run()
     summary = json.loads((tmp_path / "result.json").read_text())
@@ -50,6 +53,7 @@ def test_cuda_out_of_memory_suggests_a_smaller_batch(cfg, tmp_path, real_data, m
         Trainer(cfg, "simcse_a", tmp_path, data_dir=real_data, progress=False).run()
 
 
+@pytest.mark.slow
 def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(cfg, tmp_path, real_data, monkeypatch):
     import safetensors.torch
 
@@ -94,6 +98,7 @@ def _losses(out):
                                                                   if "stsb_dev" in r]
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tiny_model_dir, tmp_path, real_data):
     """A training subprocess is killed with SIGKILL at a random step and resumed with the same command."""
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
@@ -146,17 +151,101 @@ def test_every_torch_load_is_weights_only():
         assert "weights_only" in kw and getattr(kw["weights_only"], "value", None) is True, f"{file}:{node.lineno}"
 
 
-def test_remote_code_is_never_trusted():
-    for name in ("from_pretrained",):
-        for file, node in _calls(name):
-            for k in node.keywords:
-                if k.arg == "trust_remote_code":
-                    assert getattr(k.value, "value", None) is False, f"{file}:{node.lineno}"
+def test_no_library_call_passes_trust_remote_code_but_false():
+    for path in PACKAGE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.keyword) and node.arg == "trust_remote_code":
+                assert getattr(node.value, "value", None) is False, f"{path.name}:{node.value.lineno}"
+
+
+_REMOTE_CODE = """
+import pathlib
+pathlib.Path(MARKER).write_text("the folder's code ran")
+from transformers import BertConfig, BertModel, BertTokenizerFast
+
+
+class EvilConfig(BertConfig):
+    model_type = "bert"
+
+
+class EvilModel(BertModel):
+    config_class = EvilConfig
+
+
+class EvilTokenizer(BertTokenizerFast):
+    pass
+"""
+
+
+@pytest.mark.parametrize("model_type", ["bert", "evil-bert"])
+def test_remote_code_in_a_model_folder_never_runs(tiny_model_dir, tmp_path, model_type):
+    """A folder whose config names its own code (`auto_map`, as a Hub repository may): backbones loads the model,
+    tokenizer and config with transformers' own classes (model type `bert`) or refuses with one line (a model type
+    transformers does not implement); the folder's code is never imported."""
+    from jtcse_lib import backbones
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    marker = tmp_path / "remote_code_ran"
+    (folder / "evil.py").write_text(_REMOTE_CODE.replace("MARKER", repr(str(marker))))
+    for name, auto_map in (("config.json", {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"}),
+                           ("tokenizer_config.json", {"AutoTokenizer": ["evil.EvilTokenizer", "evil.EvilTokenizer"]})):
+        spec = json.loads((folder / name).read_text())
+        (folder / name).write_text(json.dumps({**spec, "auto_map": auto_map, "model_type": model_type}))
+    if model_type == "bert":
+        model, tokenizer = backbones.load_backbone(folder)
+        assert backbones.depth(folder) == 2
+        assert type(model).__module__.startswith("transformers.") and "Evil" not in type(tokenizer).__name__
+    else:
+        with pytest.raises(JtcseError, match="cannot load the model of"):
+            backbones.load_encoder(folder)
+    assert not marker.exists()
 
 
 # ---------------------------------------------------------------- one writer, every stop resumable, a real full disk
 
 ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+
+
+def test_a_lock_names_its_holder_refuses_a_second_and_dies_with_a_killed_holder(tmp_path):
+    """files.exclusive_lock (filelock): a second holder is refused at once with the first one's record (which the
+    refusal leaves intact), or waits with wait=True; the kernel releases the lock of a holder killed with -9."""
+    import threading
+
+    from jtcse_lib.files import Busy, exclusive_lock, lock_holder
+
+    lock = tmp_path / "run" / ".lock"
+    assert lock_holder(lock) is None  # absent
+    with exclusive_lock(lock, "the run"):
+        with pytest.raises(Busy, match=rf"the run is in use by pid {os.getpid()} on .* since .*Fix: wait for it"):
+            with exclusive_lock(lock, "the run"):
+                pass
+        assert lock_holder(lock).startswith(f"pid {os.getpid()} on ")  # still recorded after the refusal
+    assert lock_holder(lock) is None
+    held, released = threading.Event(), threading.Event()
+
+    def hold():
+        with exclusive_lock(lock, "the run"):
+            held.set()
+            released.wait(5)
+
+    other = threading.Thread(target=hold)
+    other.start()
+    held.wait(5)
+    threading.Timer(0.3, released.set).start()
+    start = time.monotonic()
+    with exclusive_lock(lock, "the run", wait=True):
+        assert time.monotonic() - start > 0.2  # waited for the other holder
+    other.join()
+    code = (f"import sys, time\nsys.path.insert(0, {str(PACKAGE.parent)!r})\n"  # no torch: a quick child
+            f"from jtcse_lib.files import exclusive_lock\nwith exclusive_lock({str(lock)!r}, 'x'):\n"
+            "    print('held', flush=True)\n    time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "held" and lock_holder(lock).startswith(f"pid {child.pid} on ")
+    child.kill()
+    child.wait()
+    assert lock_holder(lock) is None
+    with exclusive_lock(lock, "the run"):
+        pass
 
 
 def _start(cmd):
@@ -183,6 +272,7 @@ def _digests(folder):
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_second_training_into_the_same_folder_exits_at_once_naming_the_first(tiny_model_dir, tmp_path, real_data):
     out = tmp_path / "run"
     # a first run far longer than the test (stopped with Ctrl-C below), so the second surely meets it running
@@ -204,6 +294,7 @@ def test_a_second_training_into_the_same_folder_exits_at_once_naming_the_first(t
     assert len(json.loads((out / "run.json").read_text())["history"]) == 1
 
 
+@pytest.mark.slow
 def test_kill_9_before_the_first_checkpoint_resumes_to_the_uninterrupted_best(tiny_model_dir, tmp_path, real_data):
     """Under `paper` a stop between the first dev evaluation (step 100) and the first checkpoint (step 500) left
     best/ without a checkpoint, which was refused; now the same command trains the run again from step 0."""
@@ -223,6 +314,7 @@ def test_kill_9_before_the_first_checkpoint_resumes_to_the_uninterrupted_best(ti
     assert _losses(cut) == _losses(full)
 
 
+@pytest.mark.slow
 def test_ctrl_c_writes_a_checkpoint_exits_130_and_the_same_command_resumes(tiny_model_dir, tmp_path, real_data):
     full, cut = tmp_path / "full", tmp_path / "cut"
     long = ["max_steps=40", "checkpoint_every=100"]  # no periodic checkpoint before the stop
@@ -247,18 +339,8 @@ def test_ctrl_c_writes_a_checkpoint_exits_130_and_the_same_command_resumes(tiny_
 @pytest.fixture
 def small_disk(tmp_path):
     """A real small file system (tmpfs), resizable: `resize(megabytes)`. Needs root to mount."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=60m", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
-    if proc.returncode:
-        pytest.skip(f"a real full disk needs a tmpfs, and mounting one failed ({proc.stderr.strip() or 'not root'})")
-
-    def resize(megabytes):
-        subprocess.run(["mount", "-o", f"remount,size={megabytes}m", str(mount)], check=True)
-
-    yield mount, resize
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with mounted_tmpfs(tmp_path / "disk", 60) as mount:
+        yield mount, lambda mb: subprocess.run(["mount", "-o", f"remount,size={mb}m", str(mount)], check=True)
 
 
 @pytest.mark.slow

@@ -1,19 +1,32 @@
 """Paired comparisons (jtcse_lib.stats) on synthetic scores whose answer is known."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
 from scipy.stats import spearmanr
+from scipy.stats import t as student_t
 
 from jtcse_lib.stats import (
     BOOT_COLUMNS,
     TABLE_COLUMNS,
+    bootstrap_ci,
     comparison_table,
     describe_difference,
     paired_bootstrap,
     seed_comparison,
+    spearman100,
     verdict,
+    verdict_interval,
 )
+
+
+def test_importing_stats_does_not_load_torch():
+    code = "import sys, jtcse_lib.stats; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def make_tasks(sizes, noise_a=1.0, noise_b=0.5, seed=0, ties=True):
@@ -46,6 +59,23 @@ def slow_reference(pred_a, pred_b, gold, n_boot, seed, level):
     alpha = (1 - level) / 2
     return {"boot_low": np.quantile(d, alpha, axis=0), "boot_high": np.quantile(d, 1 - alpha, axis=0),
             "boot_se": d.std(0, ddof=1), "boot_share_le0": (d <= 0).mean(0)}
+
+
+# ---------------------------------------------------------------- one model: Spearman and its bootstrap
+
+def test_bootstrap_ci_matches_a_loop_and_contains_the_estimate():
+    rng = np.random.default_rng(1)
+    gold = rng.uniform(0, 5, 200)
+    pred = gold + rng.normal(0, 1.5, 200)
+    lo, hi = bootstrap_ci(pred, gold, n_boot=300, seed=7, chunk=64)
+    # reference: the same resamples, scored with scipy one by one
+    ref_rng = np.random.default_rng(7)
+    idx = np.concatenate([ref_rng.integers(0, 200, size=(min(64, 300 - s), 200)) for s in range(0, 300, 64)])
+    stats = np.array([spearmanr(pred[i], gold[i]).statistic * 100 for i in idx])
+    assert lo == pytest.approx(np.quantile(stats, 0.025), abs=1e-9)
+    assert hi == pytest.approx(np.quantile(stats, 0.975), abs=1e-9)
+    assert lo < spearman100(pred, gold) < hi
+    assert spearman100(pred, gold) == pytest.approx(rho100(pred, gold), abs=1e-12)
 
 
 # ---------------------------------------------------------------- paired_bootstrap
@@ -117,6 +147,7 @@ def test_pairing_makes_the_interval_much_narrower_for_correlated_models():
     assert paired["boot_low"] > 0 and lo < 0
 
 
+@pytest.mark.slow  # 120 bootstraps: about 3 s
 def test_interval_covers_the_true_difference_at_about_the_nominal_rate():
     # gold g ~ N(0,1), a = g + e1, b = a + 0.3 e2: bivariate normal, so Spearman = (6/pi) asin(rho/2) exactly.
     def true_rho_s(noise_var):
@@ -160,6 +191,23 @@ def test_seed_comparison_against_hand_computation():
     assert s90["t_high"] - s90["mean"] == pytest.approx(2.353363434801823 * sd / 2)
 
 
+def old_t_interval(d, level):
+    """The hand-written interval seed_comparison used before scipy's: mean -/+ t_{(1+level)/2, n-1} sd / sqrt(n)."""
+    d = np.asarray(d, dtype=np.float64)
+    half = student_t.ppf((1 + level) / 2, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size)
+    return d.mean() - half, d.mean() + half
+
+
+@pytest.mark.parametrize("diffs, level", [([0.5, -0.1, 0.3, 0.7], 0.95), ([1.0, 2.0], 0.95), ([0.2, 0.4, 0.1], 0.9),
+                                          ([-3.1, -2.9, -3.4, -2.2, -3.0, -2.7], 0.99), ([0.25, 0.25, 0.25], 0.95),
+                                          ([1e-3, 2e-3, -1e-3], 0.95)])
+def test_t_interval_equals_the_textbook_formula(diffs, level, recwarn):
+    s = seed_comparison(diffs, level)
+    low, high = old_t_interval(diffs, level)
+    assert (s["t_low"], s["t_high"]) == pytest.approx((low, high), rel=1e-12, abs=1e-14)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]  # equal differences: no warning
+
+
 def test_one_seed_gives_nan_interval_without_error():
     s = seed_comparison([0.4])
     assert s["n"] == 1 and s["mean"] == 0.4
@@ -194,6 +242,20 @@ def test_describe_difference_says_what_the_interval_is_over():
         describe_difference([0.1, 0.2, 0.3], boot)
 
 
+def test_verdict_interval_is_t_over_seeds_else_the_one_seed_bootstrap():
+    table = pd.DataFrame({"n_seeds": [3, 1, 1, 2], "t_low": [-0.4, np.nan, np.nan, 0.1],
+                          "t_high": [0.7, np.nan, np.nan, 0.3], "boot_low": [np.nan, 0.02, np.nan, np.nan],
+                          "boot_high": [np.nan, 0.6, np.nan, np.nan]})
+    low, high = verdict_interval(table)
+    np.testing.assert_array_equal(low, [-0.4, 0.02, np.nan, 0.1])
+    np.testing.assert_array_equal(high, [0.7, 0.6, np.nan, 0.3])
+    # the rule as notebook 05 wrote it (t where there is one, else the bootstrap) gives the same
+    np.testing.assert_array_equal(low, table["t_low"].fillna(table["boot_low"]))
+    for i, row in table.iterrows():  # one row (a Series, or a dict) gives floats
+        assert verdict_interval(row) == pytest.approx((low[i], high[i]), nan_ok=True)
+        assert verdict_interval(row.to_dict()) == pytest.approx((low[i], high[i]), nan_ok=True)
+
+
 # ---------------------------------------------------------------- the table
 
 def test_comparison_table_combines_seeds_and_bootstraps():
@@ -220,5 +282,8 @@ def test_comparison_table_combines_seeds_and_bootstraps():
     plain = table[table["comparison"] == "from scores"].set_index("task")
     assert plain.loc["avg", "mean_diff"] == pytest.approx(0.2) and plain.loc["T0", "n_boot"] == 0
     assert plain.loc["T0", "boot_per_seed"] == "" and plain.loc["avg", "seeds"] == "1,2"
+    low, high = verdict_interval(table)  # the verdict column is the verdict of verdict_interval's interval
+    assert list(table["verdict"]) == [verdict(lo, hi) for lo, hi in zip(low, high)]
+    assert (low[table["n_seeds"] == 1] == table["boot_low"][table["n_seeds"] == 1]).all()
     with pytest.raises(ValueError, match="levels"):
         comparison_table({"x": {1: per_seed[42], 2: paired_bootstrap(a, b, gold, n_boot=100, level=0.9)}})

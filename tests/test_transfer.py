@@ -253,6 +253,7 @@ def _reference_cv(X, y, grid, k, seed):
     return grid[int(np.argmax(scores))], max(scores)
 
 
+@pytest.mark.slow  # about 3 s a seed: SentEval's loops with cold fits at tolerance 1e-9
 @pytest.mark.parametrize("seed", [tr.SENTEVAL_SEED, 3])
 def test_protocols_equal_a_direct_transcription_of_senteval(transfer_data, seed):
     """InnerKFoldClassifier (CR), SplitClassifier (SST-2) and KFoldClassifier (TREC), written out as SentEval's
@@ -290,6 +291,7 @@ def test_protocols_equal_a_direct_transcription_of_senteval(transfer_data, seed)
     assert got.test_acc == round(100 * _reference_fit(X_tr, y_tr, C).score(X_te, y_te), 2)
 
 
+@pytest.mark.slow  # starts worker processes (n_jobs=2): about 15 s
 def test_two_runs_give_identical_numbers_whatever_n_jobs(transfer_data):
     tasks = ["CR", "SST2", "TREC", "MRPC"]
     runs = [tr.evaluate_transfer(WordEncoder(key_scale=0.5), tasks, transfer_data, kfold=3, progress=False,
