@@ -15,13 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import JtcseError
-
-
-def _twin_dir(model: str) -> Path | None:
-    from .backbones import is_twin_dir
-
-    return Path(model) if is_twin_dir(model) else None
+from .errors import ConfigError, JtcseError
 
 
 def _model_args(args) -> None:
@@ -29,89 +23,118 @@ def _model_args(args) -> None:
     one that is still being trained is refused (its best/ is the best so far, not the run's model) unless
     --while-training asks for that."""
     from .backbones import model_folder
+    from .files import lock_holder, writer_lock
+
+    def usable(model: str) -> str:
+        path = Path(model).expanduser()
+        run = path.parent if path.name == "best" else path
+        if not getattr(args, "while_training", False) and (holder := lock_holder(writer_lock(run))):
+            raise JtcseError(f"{run} is still being trained ({holder}): its best/ is the best model so far, not the "
+                             "run's result", "wait for the training to finish" + (
+                                 ", or pass --while-training to use the current best" if args.command != "train"
+                                 else ""))
+        return model_folder(model)
 
     for name in ("model", "teacher"):
         if getattr(args, name, None):
-            _not_training(getattr(args, name), args)
-            setattr(args, name, model_folder(getattr(args, name)))
+            setattr(args, name, usable(getattr(args, name)))
     if getattr(args, "init", None):
-        for m in args.init:
-            _not_training(m, args)
-        args.init = [model_folder(m) for m in args.init]
+        args.init = [usable(m) for m in args.init]
 
 
-def _not_training(model: str, args) -> None:
-    from .files import lock_holder, writer_lock
+def _check_out_file(path: str | None) -> None:
+    """--out of a command that writes one file: refuse a folder or an unwritable place before any work."""
+    if path is None:
+        return
+    out = Path(path).expanduser()
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder", "pass the path of a JSON file to write, e.g. results.json")
+    parent = out.parent if str(out.parent) else Path(".")
+    ancestor = next((p for p in [parent, *parent.parents] if p.exists()), Path("."))
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out} cannot be written ({ancestor} is not a writable folder)",
+                          "choose a path in a writable folder")
 
-    path = Path(model).expanduser()
-    run = path.parent if path.name == "best" else path
-    holder = lock_holder(writer_lock(run)) if not getattr(args, "while_training", False) else None
-    if holder:
-        raise JtcseError(f"{run} is still being trained ({holder}): its best/ is the best model so far, not the "
-                         "run's result", "wait for the training to finish" + (
-                             ", or pass --while-training to use the current best" if args.command != "train" else ""))
+
+def _encoder(args):
+    """(the encoder of --model, its device), once --out and the data folder proved usable: before the model loads."""
+    from .data import resolve_data_dir
+    from .device import choose_device
+    from .evaluate import sentence_encoder
+
+    _check_out_file(args.out)
+    resolve_data_dir(args.data_dir)  # a missing data folder fails before the model is loaded
+    device = choose_device(args.device)
+    return sentence_encoder(args.model, args.pooling, args.batch_size, args.max_length, device=device), device
+
+
+def _write_result(args, result: dict) -> None:
+    from .files import write_json
+
+    if args.out:
+        write_json(args.out, result)
+        print(f"wrote {args.out}")
 
 
 def cmd_evaluate(args) -> int:
     import torch
 
-    from .data import STS_TASKS, resolve_data_dir
-    from .device import choose_device
-    from .evaluate import evaluate_sts, sentence_encoder
-    from .files import write_json
+    from .backbones import is_twin_dir
+    from .data import STS_TASKS
+    from .evaluate import evaluate_sts
     from .provenance import provenance
 
-    _check_out_file(args.out)
-    resolve_data_dir(args.data_dir)  # a missing data folder fails before the model is loaded
-    twin = _twin_dir(args.model)
-    device = choose_device(args.device)
-    encoder = sentence_encoder(args.model, args.pooling, args.batch_size, args.max_length, device=device)
-    tasks = args.tasks or list(STS_TASKS)
-    start = time.perf_counter()
+    encoder, device = _encoder(args)
+    twin, tasks, start = is_twin_dir(args.model), args.tasks or list(STS_TASKS), time.perf_counter()
     report = evaluate_sts(encoder, tasks, args.data_dir, bootstrap=args.bootstrap, seed=args.seed)
     seconds = time.perf_counter() - start
     kind = "twin (sum of the towers' embeddings)" if twin else "single encoder"
     print(f"{args.model} [{kind}], pooling={args.pooling}, SentEval protocol ('all' for STS12-16), Spearman x 100")
     print(report.table())
-    result = {
-        "model": str(args.model),
-        "pooling": args.pooling,
-        **report.to_dict(),
+    _write_result(args, {
+        "model": str(args.model), "pooling": args.pooling, **report.to_dict(),
         "config": {"tasks": tasks, "batch_size": args.batch_size, "max_length": args.max_length,
                    "bootstrap": args.bootstrap, "seed": args.seed, "twin": bool(twin),
                    "torch_threads": torch.get_num_threads()},
-        "wall_seconds": round(seconds, 1),
-        **provenance(device),
-    }
-    if args.out:
-        write_json(args.out, result)
-        print(f"wrote {args.out}")
+        "wall_seconds": round(seconds, 1), **provenance(device)})
+    return 0
+
+
+def cmd_transfer(args) -> int:
+    from .config import TRANSFER_TASKS
+    from .provenance import provenance
+    from .transfer import evaluate_transfer
+
+    encoder, device = _encoder(args)
+    start = time.perf_counter()
+    report = evaluate_transfer(encoder, args.tasks or list(TRANSFER_TASKS), args.data_dir, kfold=args.kfold,
+                               n_jobs=args.jobs)
+    print(f"{args.model}, pooling={args.pooling}: SentEval transfer tasks, test accuracy (dev or CV accuracy beside)")
+    print(report.table())
+    _write_result(args, {"model": str(args.model), "pooling": args.pooling, **report.to_dict(),
+                         "wall_seconds": round(time.perf_counter() - start, 1), **provenance(device)})
     return 0
 
 
 def cmd_train(args) -> int:
     from . import distributed
     from .config import TWIN_STAGES, RunConfig, load_profile, with_overrides
-    from .errors import ConfigError
+    from .files import read_json
     from .train import Trainer
 
     if args.config:  # the resolved configuration a launcher wrote (the run cache under torchrun)
-        from .files import read_json
-
         config = with_overrides(RunConfig(**read_json(args.config, "configuration")), args.set)
     else:
         config = load_profile(args.profile, args.set)
-    nproc = args.nproc or config.nproc
-    if nproc > 1 and not distributed.launched():
-        return distributed.launch(nproc, args.argv)
-    init = None
-    if args.init:
-        twin = args.stage in TWIN_STAGES
-        if len(args.init) != (2 if twin else 1):
+    if (args.nproc or config.nproc) > 1 and not distributed.launched():
+        return distributed.launch(args.nproc or config.nproc, args.argv)
+    twin, init = args.stage in TWIN_STAGES, args.init
+    if init:
+        if len(init) != (2 if twin else 1):
             raise ConfigError(f"--init takes {'two folders (tower A, tower B)' if twin else 'one folder'} for stage "
                               f"{args.stage}", "pass --init DIR_A DIR_B, e.g. two simcse_a / simcse_b runs" if twin
                               else "pass --init DIR, e.g. a simcse run")
-        init = tuple(args.init) if twin else args.init[0]
+        init = tuple(init) if twin else init[0]
     main = True
     try:
         trainer = Trainer(config, args.stage, args.out, init=init, teacher=args.teacher, data_dir=args.data_dir,
@@ -130,47 +153,23 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _card_from_run(model: Path) -> dict:
-    """What a model card can state about a trained model: read from its run folder (result.json, sts_*.json)."""
-    run = model.parent
-    card: dict = {}
-    result = run / "result.json"
-    if result.is_file():
-        info = json.loads(result.read_text())
-        cfg = info.get("config", {})
-        stage = {"simcse_a": "SimCSE", "simcse_b": "SimCSE", "tncse": "TNCSE", "jtcse": "JTCSE",
-                 "distill": "JTCSE-D"}.get(info.get("stage"))
-        card.update(method=stage, backbone=cfg.get("backbone"), profile=cfg.get("profile"), seed=cfg.get("seed"),
-                    training_data=f"{cfg.get('corpus')} ({info.get('train_sentences')} sentences)",
-                    git_commit=info.get("git_commit"), created=info.get("created"),
-                    notes=f"Selected on STS-B dev: {info.get('best_stsb_dev', float('nan')):.2f} at step "
-                          f"{info.get('best_step')}.")
-    scores = sorted(run.glob("sts_cls_*.json"))
-    if scores:
-        sts = json.loads(scores[-1].read_text())
-        card.update(scores=sts["scores"], protocol="SentEval, 'all' for STS12-16, Spearman x 100")
-    return card
-
-
 def cmd_export(args) -> int:
     from . import export
+    from .backbones import is_twin_dir
 
-    model = Path(args.model)
-    twin = _twin_dir(args.model)
-    card = _card_from_run(model) if model.exists() else {}
+    twin, card, out = is_twin_dir(args.model), export.card_from_run(args.model), Path(args.out)
     if twin and args.format == "sentence-transformers":
-        out = export.export_twin(twin, args.out, max_seq_length=args.max_seq_length, card=card,
+        out = export.export_twin(args.model, out, max_seq_length=args.max_seq_length, card=card,
                                  overwrite=args.overwrite)
     elif twin:
-        out = Path(args.out)
         for tower in ("tower_a", "tower_b"):
-            export.export_hf(twin / tower, out / tower, card=card, overwrite=args.overwrite)
+            export.export_hf(Path(args.model) / tower, out / tower, card=card, overwrite=args.overwrite)
     elif args.format == "sentence-transformers":
-        out = export.export_sentence_transformers(args.model, args.out, pooling=args.pooling,
+        out = export.export_sentence_transformers(args.model, out, pooling=args.pooling,
                                                   max_seq_length=args.max_seq_length, card=card,
                                                   overwrite=args.overwrite)
     else:
-        out = export.export_hf(args.model, args.out, card=card, overwrite=args.overwrite)
+        out = export.export_hf(args.model, out, card=card, overwrite=args.overwrite)
     print(f"exported {args.model} as {args.format}{' (twin)' if twin else ''} to {out}")
     return 0
 
@@ -179,31 +178,6 @@ def cmd_pipeline(args) -> int:
     from .pipeline import run_pipeline
 
     run_pipeline(args.profile, start=args.start, only=args.only, overrides=args.set or None)
-    return 0
-
-
-def cmd_transfer(args) -> int:
-    from .config import TRANSFER_TASKS
-    from .data import resolve_data_dir
-    from .device import choose_device
-    from .evaluate import sentence_encoder
-    from .files import write_json
-    from .provenance import provenance
-    from .transfer import evaluate_transfer
-
-    _check_out_file(args.out)
-    resolve_data_dir(args.data_dir)
-    device = choose_device(args.device)
-    encoder = sentence_encoder(args.model, args.pooling, args.batch_size, args.max_length, device=device)
-    start = time.perf_counter()
-    report = evaluate_transfer(encoder, args.tasks or list(TRANSFER_TASKS), args.data_dir, kfold=args.kfold,
-                               n_jobs=args.jobs)
-    print(f"{args.model}, pooling={args.pooling}: SentEval transfer tasks, test accuracy (dev or CV accuracy beside)")
-    print(report.table())
-    if args.out:
-        write_json(args.out, {"model": str(args.model), "pooling": args.pooling, **report.to_dict(),
-                              "wall_seconds": round(time.perf_counter() - start, 1), **provenance(device)})
-        print(f"wrote {args.out}")
     return 0
 
 
@@ -270,22 +244,6 @@ def _int_at_least(low: int):
     return parse
 
 
-def _check_out_file(path: str | None) -> None:
-    """--out of a command that writes one file: refuse a folder or an unwritable place before any work."""
-    if path is None:
-        return
-    from .errors import ConfigError
-
-    out = Path(path).expanduser()
-    if out.is_dir():
-        raise ConfigError(f"--out {out} is a folder", "pass the path of a JSON file to write, e.g. results.json")
-    parent = out.parent if str(out.parent) else Path(".")
-    ancestor = next((p for p in [parent, *parent.parents] if p.exists()), Path("."))
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {out} cannot be written ({ancestor} is not a writable folder)",
-                          "choose a path in a writable folder")
-
-
 def build_parser() -> argparse.ArgumentParser:
     from .config import STAGES, TRANSFER_TASKS
     from .data import STS_TASKS
@@ -294,35 +252,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m jtcse_lib", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     sub = parser.add_subparsers(dest="command", required=True)
+    shared = {  # the options several commands take, each as every one of them takes it
+        "--pooling": dict(choices=POOLINGS, default="cls"),
+        "--batch-size": dict(type=_int_at_least(1), default=128),
+        "--max-length": dict(type=_int_at_least(2), default=None, help="truncate sentences (default: the model's "
+                                                                       "limit)"),
+        "--data-dir": dict(default=None, help="data folder (default: $JTCSE_DATA_DIR, else the shipped data)"),
+        "--set": dict(nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                      help="override config keys (stage.key=value for one stage)"),
+        "--while-training": dict(action="store_true",
+                                 help="use a run folder that is still training (its best model so far)"),
+    }
 
-    ev = sub.add_parser("evaluate", help="SentEval STS evaluation (seven tasks) of an encoder or a twin folder")
+    def command(name: str, func, help: str, *options: str):
+        p = sub.add_parser(name, help=help)
+        p.set_defaults(func=func)
+        for option in options:
+            p.add_argument(option, **shared[option])
+        return p
+
+    ev = command("evaluate", cmd_evaluate, "SentEval STS evaluation (seven tasks) of an encoder or a twin folder",
+                 "--pooling", "--batch-size", "--max-length", "--data-dir", "--while-training")
     ev.add_argument("--model", required=True,
                     help="'minilm', a model folder, a twin folder (tower_a/, tower_b/) or a Hub id")
-    ev.add_argument("--pooling", choices=POOLINGS, default="cls")
     ev.add_argument("--tasks", nargs="+", choices=STS_TASKS, metavar="TASK",
                     help=f"subset of {' '.join(STS_TASKS)} (default: all seven)")
-    ev.add_argument("--batch-size", type=_int_at_least(1), default=128)
-    ev.add_argument("--max-length", type=_int_at_least(2), default=None,
-                    help="truncate sentences (default: the model's limit)")
     ev.add_argument("--bootstrap", type=_int_at_least(0), default=0, help="resamples for 95%% intervals (0: none)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
-    ev.add_argument("--data-dir", default=None, help="data folder (default: $JTCSE_DATA_DIR, else the shipped data)")
     ev.add_argument("--out", default=None, help="write the result JSON here")
     ev.add_argument("--device", default=None, help="auto (default: CUDA when usable, else the CPU, said on stderr), "
                     "cpu, cuda or cuda:N")
-    ev.add_argument("--while-training", action="store_true",
-                    help="use a run folder that is still training (its best model so far)")
-    ev.set_defaults(func=cmd_evaluate)
 
-    tr = sub.add_parser("train", help=f"train one stage ({', '.join(STAGES)}); resumes if interrupted")
+    tr = command("train", cmd_train, f"train one stage ({', '.join(STAGES)}); resumes if interrupted",
+                 "--set", "--data-dir")
     tr.add_argument("--stage", required=True, choices=STAGES)
     tr.add_argument("--profile", default="smoke", help="params/<profile>.yaml (smoke, cpu, paper)")
-    tr.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="override config keys")
     tr.add_argument("--out", required=True, help="run folder: checkpoint/, best/, metrics.jsonl, result.json")
     tr.add_argument("--init", nargs="+", metavar="DIR",
                     help="start from: one encoder (simcse_a/b, distill) or two towers A B (tncse, jtcse)")
     tr.add_argument("--teacher", default=None, help="distill: a trained twin folder (tower_a/, tower_b/)")
-    tr.add_argument("--data-dir", default=None)
     tr.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the profile's `device`; "
                     "`paper` asks for cuda and stops without a usable GPU)")
     tr.add_argument("--nproc", type=_int_at_least(1), default=None,
@@ -330,9 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", default=None, help=argparse.SUPPRESS)  # a resolved config (JSON) instead of a profile
     tr.add_argument("--restart", action="store_true",
                     help="move an existing run in --out aside (to OUT.old-<time>) and train from step 0")
-    tr.set_defaults(func=cmd_train)
 
-    ex = sub.add_parser("export", help="export a trained tower or twin for transformers / sentence-transformers")
+    ex = command("export", cmd_export, "export a trained tower or twin for transformers / sentence-transformers",
+                 "--while-training")
     ex.add_argument("--model", required=True, help="a tower folder (e.g. RUN/best) or a twin folder")
     ex.add_argument("--format", choices=("hf", "sentence-transformers"), default="sentence-transformers")
     ex.add_argument("--out", required=True)
@@ -340,71 +308,46 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--max-seq-length", type=_int_at_least(2), default=None,
                     help="sentence-transformers truncation (default: the tokenizer's limit, as our evaluation)")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
-    ex.add_argument("--while-training", action="store_true",
-                    help="use a run folder that is still training (its best model so far)")
-    ex.set_defaults(func=cmd_export)
 
-    pl = sub.add_parser("pipeline", help="run the notebooks 01..06 in order with papermill")
+    pl = command("pipeline", cmd_pipeline, "run the notebooks 01..07 in order with papermill", "--set")
     pl.add_argument("--profile", default="cpu", help="params/<profile>.yaml (smoke, cpu, paper)")
     pl.add_argument("--from", dest="start", default=None, metavar="NN", help="start at notebook NN")
     pl.add_argument("--only", nargs="+", default=None, metavar="NN", help="run only these notebooks")
-    pl.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE", help="override config keys")
-    pl.set_defaults(func=cmd_pipeline)
 
-    tf = sub.add_parser("transfer", help="SentEval's transfer tasks (MR, CR, SUBJ, MPQA, SST-2, TREC, MRPC)")
+    tf = command("transfer", cmd_transfer, "SentEval's transfer tasks (MR, CR, SUBJ, MPQA, SST-2, TREC, MRPC)",
+                 "--pooling", "--batch-size", "--max-length", "--data-dir", "--while-training")
     tf.add_argument("--model", required=True, help="as for evaluate: minilm, a tower/twin/run folder or a Hub id")
-    tf.add_argument("--pooling", choices=POOLINGS, default="cls")
     tf.add_argument("--tasks", nargs="+", choices=TRANSFER_TASKS, metavar="TASK",
                     help=f"subset of {' '.join(TRANSFER_TASKS)} (default: all seven)")
     tf.add_argument("--kfold", type=_int_at_least(2), default=10, help="SentEval's folds (default 10)")
     tf.add_argument("--jobs", type=int, default=1, help="processes fitting the classifiers (-1: one per core)")
-    tf.add_argument("--batch-size", type=_int_at_least(1), default=128)
-    tf.add_argument("--max-length", type=_int_at_least(2), default=None)
-    tf.add_argument("--data-dir", default=None)
     tf.add_argument("--out", default=None, help="write the result JSON here")
     tf.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (as for evaluate)")
-    tf.add_argument("--while-training", action="store_true",
-                    help="use a run folder that is still training (its best model so far)")
-    tf.set_defaults(func=cmd_transfer)
 
-    mt = sub.add_parser("mteb", help="MTEB tasks for a twin, a tower or a backbone (needs .[mteb] and the Hub)")
+    mt = command("mteb", cmd_mteb, "MTEB tasks for a twin, a tower or a backbone (needs .[mteb] and the Hub)",
+                 "--pooling", "--batch-size", "--max-length", "--while-training")
     mt.add_argument("--model", required=True, help="as for evaluate: a twin/tower/run folder, minilm or a Hub id")
     mt.add_argument("--tasks", nargs="+", required=True, help="MTEB task or benchmark names, e.g. STS22.v2")
-    mt.add_argument("--pooling", choices=POOLINGS, default="cls")
-    mt.add_argument("--batch-size", type=_int_at_least(1), default=128)
-    mt.add_argument("--max-length", type=_int_at_least(2), default=None)
     mt.add_argument("--device", default=None)
     mt.add_argument("--languages", nargs="+", default=None, help="keep these languages of multilingual tasks")
     mt.add_argument("--out", default="results/mteb", help="MTEB's result folder (default: results/mteb)")
     mt.add_argument("--overwrite", action="store_true", help="re-run tasks whose results exist")
-    mt.add_argument("--while-training", action="store_true",
-                    help="use a run folder that is still training (its best model so far)")
-    mt.set_defaults(func=cmd_mteb)
 
-    cf = sub.add_parser("config", help="print a profile's resolved settings as JSON (of one stage with --stage)")
+    cf = command("config", cmd_config, "print a profile's resolved settings as JSON (of one stage with --stage)",
+                 "--set")
     cf.add_argument("--profile", default="smoke")
     cf.add_argument("--stage", choices=STAGES, default=None, help="the settings this stage trains with")
-    cf.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
-                    help="override config keys (stage.key=value for one stage)")
-    cf.set_defaults(func=cmd_config)
 
-    pn = sub.add_parser("plan", help="what a profile will train, and its cost, without training")
+    pn = command("plan", cmd_plan, "what a profile will train, and its cost, without training", "--set", "--data-dir")
     pn.add_argument("--profile", default="cpu")
-    pn.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE")
-    pn.add_argument("--data-dir", default=None)
-    pn.set_defaults(func=cmd_plan)
 
-    dr = sub.add_parser("doctor", help="pre-flight check before a long run: torch/CUDA, GPUs, backbone and Hub, data, "
-                        "disk against the plan, packages; exit 2 with the fix for each failing line")
+    dr = command("doctor", cmd_doctor, "pre-flight check before a long run: torch/CUDA, GPUs, backbone and Hub, data, "
+                 "disk against the plan, packages; exit 2 with the fix for each failing line", "--set", "--data-dir")
     dr.add_argument("--profile", default="cpu")
-    dr.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE")
-    dr.add_argument("--data-dir", default=None)
-    dr.set_defaults(func=cmd_doctor)
 
-    dl = sub.add_parser("download-data", help="fetch SentEval and Wiki1M from the Hugging Face Hub")
+    dl = command("download-data", cmd_download_data, "fetch SentEval and Wiki1M from the Hugging Face Hub")
     dl.add_argument("--dest", default="data-full", help="folder to write (default: ./data-full)")
     dl.add_argument("--no-corpus", action="store_true", help="SentEval only, without the 1M-sentence corpus")
-    dl.set_defaults(func=cmd_download_data)
     return parser
 
 

@@ -13,12 +13,8 @@ Why CLS pooling is written out: SimCSE, TNCSE and JTCSE train and evaluate the l
 token, before the pooler. `SentenceTransformer(path)` on a *bare* Hugging Face folder silently builds
 Transformer + **mean** pooling, so it would load our models without error and embed every sentence differently
 from the numbers we report. Every export is therefore loaded back with sentence-transformers and compared with
-our own encoder's vectors (`evaluate.encode`).
-
-The small sentence-transformers configs are written in the classic schema every release since 2.0 reads
-(sentence-transformers 6 still reads it without a warning). Nothing is copied from the source folder
-(all-MiniLM-L6-v2's own `modules.json` has mean pooling and a Normalize module, and an export of it must not
-inherit them).
+our own encoder's vectors (`evaluate.encode`). Nothing is copied from the source folder (all-MiniLM-L6-v2's own
+`modules.json` has mean pooling and a Normalize module, which an export of it must not inherit).
 
 Writing: an export is built in a hidden staging folder beside `out_dir` (`.OUT.partial-HOST-PID-RANDOM`) and
 renamed into place only when complete and verified; on any error (a full disk is one `NoSpace` line) the staging
@@ -26,6 +22,9 @@ folder goes and `out_dir` is untouched. An existing non-empty `out_dir` is refus
 deletes it only when it holds exactly what an earlier export wrote (the files listed, with their sizes and times,
 in the marker `.jtcse-export.json`); anything else is moved aside to `OUT.old-<time>`. The staging folders that
 killed exports left are removed by the next export into the same folder (`_remove_stale_stages` gives the rule).
+Not `files.write_folder`, whose fixed `OUT.tmp` / `OUT.old` allow one writer and delete what `OUT` held: an export
+tells a killed exporter's staging folder from a live one's, and moves files it did not write aside; the files
+themselves are written by transformers' `save_pretrained` and `files.write_json` / `write_text`.
 """
 
 from __future__ import annotations
@@ -48,16 +47,19 @@ from pathlib import Path
 
 import numpy as np
 
+from . import __version__
 from .backbones import TOWERS, has_tokenizer, load_encoder, load_tokenizer, resolve, twin_towers, write_twin_json
 from .data import STS_TASKS
 from .errors import JtcseError, ModelError
-from .evaluate import encode
-from .files import NoSpace, is_disk_full, no_space, write_failure, write_json
+from .files import NoSpace, is_disk_full, no_space, write_failure, write_json, write_text
 
-# the card's score columns and labels, as report.COLUMNS / report.SHORT: importing report would import runs and the
-# trainer (tests/test_export.py checks that the two agree)
+# The score columns of every results table and model card (report re-exports them), and their short labels.
 COLUMNS = [*STS_TASKS, "avg"]
 SHORT = {"STSBenchmark": "STS-B", "SICKRelatedness": "SICK-R", "avg": "Avg."}
+# Each stage's names, the one place for them: the method its model card states, its label in tables and figures.
+STAGE_METHODS = {"simcse_a": "SimCSE", "simcse_b": "SimCSE", "tncse": "TNCSE", "jtcse": "JTCSE", "distill": "JTCSE-D"}
+STAGE_LABELS = {"simcse_a": "SimCSE tower A", "simcse_b": "SimCSE tower B", "tncse": "TNCSE (twin)",
+                "jtcse": "JTCSE (twin)", "distill": "JTCSE-D"}
 
 ST_POOLINGS = ("cls", "mean")  # poolings that both our evaluation and sentence-transformers' Pooling compute
 MAX_DEFAULT_LENGTH = 512
@@ -114,7 +116,7 @@ def _max_seq_length(tokenizer, config, requested: int | None) -> int:
     return int(requested)
 
 
-def _check_pooling(pooling: str) -> str:
+def _check_pooling(pooling: str) -> None:
     if pooling == "pooler":
         raise ModelError("pooling 'pooler' cannot be expressed in a sentence-transformers folder: its Pooling "
                          "module has no mode for the BERT pooler (tanh(W h_0 + b))",
@@ -123,7 +125,6 @@ def _check_pooling(pooling: str) -> str:
     if pooling not in ST_POOLINGS:
         raise ModelError(f"unknown pooling {pooling!r} for a sentence-transformers export",
                          f"use one of {', '.join(ST_POOLINGS)}")
-    return pooling
 
 
 def _normalise_permissions(folder: Path) -> None:
@@ -146,9 +147,9 @@ _HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())  # no '-': a staging
 
 @dataclass
 class _Stage:
-    """A staging folder beside the output folder, named after its exporter (`.OUT.partial-HOST-PID-RANDOM`, what
-    a kill leaves and the next export recognises as stale): `path` (its `export/`) receives the export, and what
-    `out_dir` held waits beside it until the new export is in place. `need_bytes`: the disk the export needs."""
+    """A staging folder beside the output folder, `.OUT.partial-HOST-PID-RANDOM`: `path` (its `export/`) receives
+    the export, and what `out_dir` held waits beside it until the new export is in place. `need_bytes`: the disk
+    the export needs (for the full-disk message)."""
 
     root: Path
     need_bytes: int = 1 << 20
@@ -169,7 +170,7 @@ def _running(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process
-        return True
+        pass
     return True
 
 
@@ -182,13 +183,11 @@ def _remove_stale_stages(out: Path) -> list[Path]:
         if not stage.name.startswith(prefix) or stage.is_symlink() or not stage.is_dir():
             continue
         host, pid, rand = (stage.name[len(prefix):].rsplit("-", 2) + ["", ""])[:3]
-        if host == _HOST and pid.isdigit() and rand:
-            stale = not _running(int(pid))
-        else:
-            try:
-                stale = time.time() - stage.stat().st_mtime > STALE_AFTER_S
-            except OSError:
-                continue
+        try:
+            stale = (not _running(int(pid)) if host == _HOST and pid.isdigit() and rand
+                     else time.time() - stage.stat().st_mtime > STALE_AFTER_S)
+        except OSError:
+            continue
         if stale:
             shutil.rmtree(stage, ignore_errors=True)
             removed.append(stage)
@@ -207,12 +206,6 @@ def _listing(folder: Path) -> dict[str, list[int]]:
             found[Path(root, name).relative_to(folder).as_posix()] = [st.st_size, st.st_mtime_ns]
     found.pop(MARKER, None)
     return found
-
-
-def _write_marker(folder: Path) -> None:
-    from . import __version__
-
-    write_json(folder / MARKER, {"written_by": f"jtcse_lib {__version__} export", "files": _listing(folder)})
 
 
 def _foreign(folder: Path) -> list[str]:
@@ -234,8 +227,8 @@ def is_export(folder: str | os.PathLike) -> bool:
 
 def _aside(out: Path) -> Path:
     """`OUT.old-<time>` (as `train --restart` names it), with a counter when that name is taken."""
-    base = out.with_name(f"{out.name}.old-{datetime.now():%Y%m%d-%H%M%S}")
-    aside, n = base, 1
+    base = aside = out.with_name(f"{out.name}.old-{datetime.now():%Y%m%d-%H%M%S}")
+    n = 1
     while aside.exists() or aside.is_symlink():
         n += 1
         aside = base.with_name(f"{base.name}-{n}")
@@ -244,19 +237,17 @@ def _aside(out: Path) -> Path:
 
 def _swap_in(stage: _Stage, out: Path) -> None:
     """Rename the finished export to `out`. What `out` held goes first: nothing, or only files an earlier export
-    wrote, unchanged (`is_export`), is deleted; anything else is moved aside to `OUT.old-<time>` and said so."""
-    previous = aside = None
+    wrote, unchanged (`is_export`), is deleted with the staging folder; anything else is moved aside to
+    `OUT.old-<time>` and said so."""
+    foreign = _foreign(out) if out.exists() else []
+    aside = _aside(out) if foreign else None
+    previous = aside or stage.root / "previous"
     if out.exists():
-        foreign = _foreign(out)
-        # a folder with files no export wrote goes aside; one with only an export's files (or none) goes with the
-        # staging folder, deleted once the new export is in place
-        previous = aside = _aside(out) if foreign else None
-        previous = previous or stage.root / "previous"
         out.rename(previous)
     try:
         stage.path.rename(out)
     except OSError:
-        if previous is not None and not out.exists():  # e.g. another export got there first: put it back
+        if previous.exists() and not out.exists():  # e.g. another export got there first: put it back
             previous.rename(out)
         raise
     shutil.rmtree(stage.root, ignore_errors=True)
@@ -272,18 +263,17 @@ def _staged(out_dir: str | os.PathLike, overwrite: bool, sources: Sequence[str |
     """Yield a staging folder beside `out_dir`; on success its export replaces `out_dir` (`_swap_in`), on any error
     it is removed: a full disk is one `NoSpace` line, a refused write one `FileProblem`, and `out_dir` is untouched."""
     out = Path(out_dir).expanduser().resolve()
-    for src in sources:
-        src_path = Path(src).expanduser()
-        if src_path.exists() and (out == src_path.resolve() or out in src_path.resolve().parents):
-            raise ModelError(f"output folder {out} is, or contains, the model being exported ({src_path.resolve()})",
+    for src in map(Path, sources):
+        src = src.expanduser().resolve()
+        if src.exists() and (out == src or out in src.parents):
+            raise ModelError(f"output folder {out} is, or contains, the model being exported ({src})",
                              "write the export to a new folder")
-    if out.exists():
-        if not out.is_dir():
-            raise ModelError(f"output path {out} is a file", "choose a folder path that does not exist yet")
-        if any(out.iterdir()) and not overwrite:
-            raise ModelError(f"output folder {out} already exists and is not empty",
-                             "choose a new folder, or pass overwrite=True (CLI: --overwrite) to replace it (a folder "
-                             "that holds more than an earlier export is moved aside, not deleted)")
+    if out.exists() and not out.is_dir():
+        raise ModelError(f"output path {out} is a file", "choose a folder path that does not exist yet")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ModelError(f"output folder {out} already exists and is not empty",
+                         "choose a new folder, or pass overwrite=True (CLI: --overwrite) to replace it (a folder "
+                         "that holds more than an earlier export is moved aside, not deleted)")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_stages(out)
@@ -294,7 +284,8 @@ def _staged(out_dir: str | os.PathLike, overwrite: bool, sources: Sequence[str |
     try:
         yield stage
         _normalise_permissions(stage.path)
-        _write_marker(stage.path)
+        write_json(stage.path / MARKER, {"written_by": f"jtcse_lib {__version__} export",
+                                         "files": _listing(stage.path)})
         _swap_in(stage, out)
     except BaseException as e:
         # judged before the partial export is removed (a library's vague write error counts only on a full disk)
@@ -326,34 +317,31 @@ def export_hf(model_dir: str | os.PathLike, out_dir: str | os.PathLike, card: di
 def _write_st_folder(model, tokenizer, folder: Path, pooling: str, max_seq_length: int, verify: bool) -> None:
     """Write a sentence-transformers folder (Transformer + Pooling, nothing else) into the empty `folder`.
 
-    Written here, not by `SentenceTransformer.save`: sentence-transformers 6 saves module paths
-    (`sentence_transformers.base...`) and Pooling keys (`embedding_dimension`, `pooling_mode`) that releases before
-    6 cannot read, and everything else it writes is what `save_pretrained` writes plus its version file. `verify`
-    loads the folder back with the installed release."""
-    from importlib.metadata import PackageNotFoundError, version
+    Not `SentenceTransformer.save`: sentence-transformers 6 saves only its own schema (module paths
+    `sentence_transformers.base...`, Pooling keys `embedding_dimension` / `pooling_mode`, no max_seq_length in
+    sentence_bert_config.json), which releases before 6 cannot load, and has no option for the classic one. The
+    classic schema here is what every release since 2.0 reads, 6 included; `verify` loads the folder back with the
+    installed release. The weights and tokenizer are transformers' own `save_pretrained`."""
+    import sentence_transformers
+    import torch
+    import transformers
 
-    hidden = model.config.hidden_size
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.model_max_length = max_seq_length  # as SentenceTransformer.save records it: AutoTokenizer truncates alike
     tokenizer.save_pretrained(folder)
     write_json(folder / "modules.json", _ST_MODULES)
     write_json(folder / "sentence_bert_config.json", {"max_seq_length": max_seq_length, "do_lower_case": False})
     write_json(folder / "1_Pooling" / "config.json", {
-        "word_embedding_dimension": hidden, "pooling_mode_cls_token": pooling == "cls",
+        "word_embedding_dimension": model.config.hidden_size, "pooling_mode_cls_token": pooling == "cls",
         "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False,
         "pooling_mode_mean_sqrt_len_tokens": False})
-    versions = {}
-    for package, key in (("sentence-transformers", "sentence_transformers"), ("transformers", "transformers"),
-                         ("torch", "pytorch")):
-        try:
-            versions[key] = version(package)
-        except PackageNotFoundError:
-            pass
     write_json(folder / "config_sentence_transformers.json", {
-        "__version__": versions, "model_type": "SentenceTransformer", "prompts": {}, "default_prompt_name": None,
+        "__version__": {"sentence_transformers": sentence_transformers.__version__,
+                        "transformers": transformers.__version__, "pytorch": torch.__version__},
+        "model_type": "SentenceTransformer", "prompts": {}, "default_prompt_name": None,
         "similarity_fn_name": "cosine"})
-    problems = [n for n in ("config.json", "model.safetensors", "config_sentence_transformers.json")
-                if not (folder / n).is_file()] + ([] if has_tokenizer(folder) else ["tokenizer files"])
+    problems = [n for n in ("config.json", "model.safetensors") if not (folder / n).is_file()]
+    problems += [] if has_tokenizer(folder) else ["tokenizer files"]
     extra = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name != "1_Pooling")
     if problems or extra:
         raise RuntimeError(f"the sentence-transformers export in {folder} is malformed: missing "
@@ -365,6 +353,8 @@ def _write_st_folder(model, tokenizer, folder: Path, pooling: str, max_seq_lengt
 def _verify_st_folder(folder: Path, model, tokenizer, pooling: str, max_seq_length: int) -> None:
     """Load the export back with sentence-transformers and compare its vectors with our encoder's."""
     from sentence_transformers import SentenceTransformer
+
+    from .evaluate import encode
 
     st = SentenceTransformer(str(folder), device="cpu")
     modes = [getattr(m, "pooling_mode", None) for m in st]
@@ -407,6 +397,7 @@ def export_twin(twin_dir: str | os.PathLike, out_dir: str | os.PathLike, max_seq
     vectors: `jtcse_lib.load_twin(out).encode(s)` (or the sum of the two SentenceTransformer encodings).
     """
     towers = twin_towers(twin_dir)  # before anything is written: a bad folder leaves no trace
+    card = card or {}
     with _staged(out_dir, overwrite, [twin_dir]) as stage:
         loaded = [_load_tower(t) for t in towers]
         if len({m.config.hidden_size for m, _ in loaded}) != 1:
@@ -418,33 +409,34 @@ def export_twin(twin_dir: str | os.PathLike, out_dir: str | os.PathLike, max_seq
         for name, (model, tokenizer) in zip(TOWERS, loaded):
             (stage.path / name).mkdir()
             _write_st_folder(model, tokenizer, stage.path / name, "cls", length, verify)
-            write_model_card(stage.path / name, {**(card or {}), **_facts(model, Path(out_dir) / name,
-                                                                     "sentence-transformers", "cls", length, name)})
+            write_model_card(stage.path / name, {**card, **_facts(model, Path(out_dir) / name, "sentence-transformers",
+                                                                  "cls", length, name)})
         write_twin_json(stage.path)
-        write_model_card(stage.path, {**(card or {}), **_facts(loaded[0][0], out_dir, "twin", "cls", length, "twin")})
+        write_model_card(stage.path, {**card, **_facts(loaded[0][0], out_dir, "twin", "cls", length, "twin")})
     return Path(out_dir).expanduser().resolve()
 
 
-# ---------------------------------------------------------------- the model card
+# ---------------------------------------------------------------- the model card (templates/model_card.md.jinja)
 
-_METHODS = {
-    "SimCSE": "unsupervised SimCSE: contrastive learning (NT-Xent) in which two dropout views of the same "
-              "sentence are the positive pair (stage 1 of JTCSE)",
-    "TNCSE": "TNCSE: two encoders trained jointly with NT-Xent, a cross-tower NT-Xent and the tensor-modulus "
-             "constraint on the norms of positive pairs, without cross-attention",
-    "JTCSE": "JTCSE: two encoders trained jointly with NT-Xent, the tensor-modulus constraint and a "
-             "parameter-free cross-attention between the towers, meant to strengthen [CLS]; no extra "
-             "parameters survive training",
-    "JTCSE-D": "JTCSE-D: a single encoder distilled from the JTCSE twin (the teacher is the sum of the twin's "
-               "[CLS] vectors)",
-}
-_POOLING_TEXT = {
-    "cls": "**CLS**: the last hidden state of the first token ([CLS] / <s>), before the pooler layer. This is "
-           "the vector SimCSE, TNCSE and JTCSE train and evaluate. It is written out in `1_Pooling/config.json` "
-           "because sentence-transformers would give a bare Hugging Face folder mean pooling.",
-    "mean": "**mean** over the non-padding tokens' last hidden states (the paper's models are trained and "
-            "evaluated with CLS pooling; this export uses mean pooling as requested).",
-}
+def card_from_run(model: str | os.PathLike) -> dict:
+    """What a model card can state about a trained model (`RUN/best`): read from its run folder (result.json, the
+    cached sts_cls_*.json scores); empty for anything else."""
+    run, card = Path(model).parent, {}
+    if not Path(model).exists():  # a name (minilm, a Hub id): no run folder
+        return card
+    if (run / "result.json").is_file():
+        info = json.loads((run / "result.json").read_text())
+        cfg = info.get("config", {})
+        card.update(method=STAGE_METHODS.get(info.get("stage")), backbone=cfg.get("backbone"),
+                    profile=cfg.get("profile"), seed=cfg.get("seed"),
+                    training_data=f"{cfg.get('corpus')} ({info.get('train_sentences')} sentences)",
+                    git_commit=info.get("git_commit"), created=info.get("created"),
+                    notes=f"Selected on STS-B dev: {info.get('best_stsb_dev', float('nan')):.2f} at step "
+                          f"{info.get('best_step')}.")
+    if scores := sorted(run.glob("sts_cls_*.json")):
+        card.update(scores=json.loads(scores[-1].read_text())["scores"],
+                    protocol="SentEval, 'all' for STS12-16, Spearman x 100")
+    return card
 
 
 def _facts(model, out_dir, fmt: str, pooling: str, max_seq_length: int | None = None, kind: str = "tower") -> dict:
@@ -465,24 +457,21 @@ def write_model_card(out_dir: str | os.PathLike, info: dict) -> Path:
 
     out = Path(out_dir)
     kind, method, name = info.get("kind", "tower"), info.get("method"), info.get("name") or out.name
+    fmt, pooling = info.get("format", "sentence-transformers"), info.get("pooling", "cls")
     scores = info.get("scores") or {}
-    values = [scores.get(c) for c in COLUMNS[:-1]]
-    if scores.get("avg") is None and values and all(v is not None for v in values):
+    values = [scores.get(c) for c in STS_TASKS]
+    if scores.get("avg") is None and all(v is not None for v in values):
         scores = {**scores, "avg": float(np.mean(values))}  # Avg is the plain mean of the seven
     date = info.get("created") or info.get("date")
     details = [("Method", method), ("Backbone", info.get("backbone")), ("Architecture", info.get("architecture")),
                ("Embedding dimension", info.get("dimension")), ("Training data", info.get("training_data")),
                ("Profile", info.get("profile")), ("Seed", info.get("seed")),
-               ("Max sequence length", info.get("max_seq_length")), ("Format", info.get("format",
-                                                                                         "sentence-transformers"))]
+               ("Max sequence length", info.get("max_seq_length")), ("Format", fmt)]
+    title = " ".join(x for x in (method, "twin" if kind == "twin" else None,
+                                 f"({info['backbone']})" if info.get("backbone") else None) if x)
     context = {
-        **info, "kind": kind, "format": info.get("format", "sentence-transformers"), "path": f"path/to/{name}",
-        "pooling": info.get("pooling", "cls"), "method_text": _METHODS.get(method, method),
-        "title": info.get("title") or " ".join(x for x in (method, "twin" if kind == "twin" else None,
-                                                           f"({info['backbone']})" if info.get("backbone") else None)
-                                               if x) or name,
-        "details": [(k, v) for k, v in details if v is not None],
-        "pooling_text": _POOLING_TEXT.get(info.get("pooling", "cls"), f"**{info.get('pooling')}**"),
+        **info, "kind": kind, "format": fmt, "path": f"path/to/{name}", "pooling": pooling,
+        "title": info.get("title") or title or name, "details": [(k, v) for k, v in details if v is not None],
         "score_labels": [SHORT.get(c, c).replace("Avg.", "Avg") for c in COLUMNS] if info.get("scores") else [],
         "scores_row": [_fmt(scores.get(c)) for c in COLUMNS] if info.get("scores") else [],
         "provenance": [p for p in (f"git commit `{info['git_commit']}`" if info.get("git_commit") else None,
@@ -490,10 +479,7 @@ def write_model_card(out_dir: str | os.PathLike, info: dict) -> Path:
     }
     env = Environment(loader=PackageLoader("jtcse_lib", "templates"), keep_trailing_newline=True)
     text = env.get_template("model_card.md.jinja").render(**context)
-    out.mkdir(parents=True, exist_ok=True)
-    readme = out / "README.md"
-    readme.write_text(text.rstrip() + "\n", encoding="utf8")
-    return readme
+    return write_text(out / "README.md", text.rstrip() + "\n")
 
 
 def _fmt(x) -> str:

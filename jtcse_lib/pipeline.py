@@ -1,38 +1,38 @@
 """Running the notebooks in order with papermill for a profile, and publishing the executed copies.
 
 `python -m jtcse_lib pipeline --profile cpu [--from 03] [--only 05]` executes `notebooks/NN_*.ipynb` with the
-parameter `profile` (the notebook loads `params/<profile>.yaml` through `jtcse_lib.config`), writes the executed
-copies to `runs/<profile>/notebooks/`, prints a line per notebook, and stops at the first failing notebook
-naming the cell. Trained models are shared through the run cache (`jtcse_lib.runs`), so nothing trains twice.
+parameter `profile`, writes the executed copies to `runs/<profile>/notebooks/`, prints a line per notebook, and
+stops at the first failing notebook naming the cell. Trained models are shared through the run cache (`runs`).
 
 A complete run of the committed profile (`cpu`) also publishes its executed notebooks to `docs/notebooks/`, so a
-reader sees every output without running anything (`publish`): streams coalesced with their carriage returns
-applied (the final state of each progress bar), widget outputs dropped (they render only in a live kernel),
-per-cell timestamps and local paths removed. `stale_published` is the check that a published copy still
-matches its source notebook.
+reader sees every output without running anything (`publish`): progress bars in their final state, no widget
+outputs (they render only in a live kernel), no per-cell timestamps or local paths. `stale_published` checks that
+a published copy still matches its source notebook.
 
 A check that a legitimate run can fail (a tolerance on floating-point scores) must not end a run of hours: the
-notebook calls `record_check`, which writes the check's result to `checks.csv` in the profile's results folder
-and, when it fails, warns loudly in the notebook and appends a record to the run's warnings file. The pipeline
-prints every warning of the run at the end and keeps them in its timings record. A notebook keeps a hard `assert`
-only where a failure means the code is wrong under every profile (an exact identity, a count).
+notebook calls `record_check`, which writes its result to `checks.csv` in the results folder and, when it fails,
+warns loudly in the notebook and appends to the run's warnings file, all of which the pipeline prints at the end.
+A notebook keeps a hard `assert` only where a failure means the code is wrong under every profile.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import JtcseError
+from .files import write_json
+from .paths import CACHE_ENV, HOME_ENV, RUNS_ENV, output_root, runs_root, source_dir
 from .progress import TEXT_PROGRESS_ENV
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
-PUBLISHED_DIR = REPO_ROOT / "docs" / "notebooks"
+NOTEBOOKS_DIR = source_dir("notebooks")
+PUBLISHED_DIR = source_dir("docs") / "notebooks"
 PUBLISHED_PROFILE = "cpu"  # the profile whose run is committed (results/cpu, figures/) and published
 WARNINGS_ENV = "JTCSE_WARNINGS_FILE"  # the pipeline points its kernels at the run's warnings file
 CHECKS_TABLE = "checks"  # <results>/checks.csv: the latest result of every check recorded with record_check
@@ -44,36 +44,46 @@ class NotebookFailed(JtcseError):
 
 
 def notebooks(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
-    return sorted(p for p in Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb"))
+    return sorted(Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb"))
 
 
 def select(paths: list[Path], start: str | None = None, only: list[str] | None = None) -> list[Path]:
     """Notebooks from number `start` on, or exactly the numbers in `only` ("03" or "3")."""
-    def number(p: Path) -> int:
-        return int(p.name[:2])
-
+    numbers = {p: int(p.name[:2]) for p in paths}
     known = ", ".join(p.name[:2] for p in paths)
-    wanted = [int(x) for x in only] if only else None
-    if wanted:
-        missing = sorted(set(wanted) - {number(p) for p in paths})
-        if missing:
+    if only:
+        wanted = {int(x) for x in only}
+        if missing := sorted(wanted - set(numbers.values())):
             raise JtcseError(f"no notebook numbered {', '.join(f'{m:02d}' for m in missing)}", f"use one of {known}")
-        return [p for p in paths if number(p) in wanted]
-    if start is not None:
-        chosen = [p for p in paths if number(p) >= int(start)]
-        if not chosen:
-            raise JtcseError(f"no notebook from {start} on", f"use one of {known}")
-        return chosen
-    return paths
+        return [p for p in paths if numbers[p] in wanted]
+    chosen = [p for p in paths if start is None or numbers[p] >= int(start)]
+    if not chosen and start is not None:
+        raise JtcseError(f"no notebook from {start} on", f"use one of {known}")
+    return chosen
 
 
-def kernel_env(names=("JTCSE_DATA_DIR", "JTCSE_RUNS_DIR")) -> None:
-    """The environment the kernels inherit. They run in notebooks/, so a relative $JTCSE_DATA_DIR would point
-    elsewhere there: resolve it here. And text progress bars, which papermill streams (widgets it cannot)."""
-    for var in names:
-        if os.environ.get(var):
-            os.environ[var] = str(Path(os.environ[var]).resolve())
-    os.environ[TEXT_PROGRESS_ENV] = "1"
+def kernel_env() -> dict[str, str]:
+    """What the kernels' environment adds to this process's: they run in notebooks/, so the output root is pinned
+    and the folders named by relative paths ($JTCSE_DATA_DIR, ...) are made absolute; and text progress bars,
+    which papermill streams (widgets it cannot)."""
+    folders = {var: str(Path(os.environ[var]).resolve()) for var in ("JTCSE_DATA_DIR", RUNS_ENV, CACHE_ENV)
+               if os.environ.get(var)}
+    return {**folders, HOME_ENV: str(output_root()), TEXT_PROGRESS_ENV: "1"}
+
+
+@contextmanager
+def _environment(values: dict[str, str]):
+    """This process's environment with `values` set while the block runs, as it was afterwards."""
+    saved = {var: os.environ.get(var) for var in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
 
 
 def run_pipeline(profile: str, start: str | None = None, only: list[str] | None = None,
@@ -85,16 +95,17 @@ def run_pipeline(profile: str, start: str | None = None, only: list[str] | None 
     this process's stderr), so a long headless run shows where it is. The checks the notebooks recorded as failed
     (`record_check`) are listed at the end, and in `timings.json` beside the executed notebooks.
     """
-    stream = sys.stderr if stream is None else stream
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
     from .config import load_profile
     from .device import choose_device
+    from .provenance import PINNED_COMMIT_ENV, git_commit
 
+    stream = sys.stderr if stream is None else stream
     config = load_profile(profile, overrides)  # fail early on an unknown profile or key, before any kernel starts
     choose_device(None, config.device, quiet=True)  # and on `device: cuda` where CUDA is unusable
-    kernel_env()
-    from .provenance import PINNED_COMMIT_ENV, git_commit
-    from .runs import runs_root
-
+    chosen = select(notebooks(notebooks_dir), start, only)
     commit = git_commit()
     if commit.endswith("+dirty"):
         print("warning: the working tree has uncommitted changes; every result file of this run will record the "
@@ -103,65 +114,54 @@ def run_pipeline(profile: str, start: str | None = None, only: list[str] | None 
     out_dir.mkdir(parents=True, exist_ok=True)
     warnings_path = out_dir / "warnings.jsonl"
     warnings_path.unlink(missing_ok=True)  # this run's warnings only
-    pinned = {PINNED_COMMIT_ENV: commit, WARNINGS_ENV: str(warnings_path)}  # the kernels inherit them
-    saved = {var: os.environ.get(var) for var in pinned}
-    os.environ.update(pinned)
-    try:
-        return _run_notebooks(profile, start, only, overrides, out_dir, kernel_name, notebooks_dir, stream,
-                              warnings_path)
-    finally:  # this process's environment as it was
-        for var, value in saved.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
-
-
-def _run_notebooks(profile, start, only, overrides, out_dir, kernel_name, notebooks_dir, stream,
-                   warnings_path) -> dict[str, float]:
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
-    from .runs import copy_run_records
-
-    chosen = select(notebooks(notebooks_dir), start, only)
     timings: dict[str, float] = {}
     total_start = time.perf_counter()
-    for i, nb in enumerate(chosen, start=1):
-        out = out_dir / nb.name
-        print(f"[{i}/{len(chosen)}] {nb.name} (profile {profile}) ...", flush=True)
-        start_time = time.perf_counter()
-        try:
-            papermill.execute_notebook(str(nb), str(out), parameters={"profile": profile, "overrides": overrides or {}},
-                                       cwd=str(nb.parent), kernel_name=kernel_name, progress_bar=False,
-                                       log_output=False, stdout_file=stream, stderr_file=stream)
-        except PapermillExecutionError as e:
-            print(warnings_summary(profile, read_warnings(warnings_path)), flush=True)  # those before the failure
-            raise NotebookFailed(f"{nb.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}",
-                                 f"open {out} to see the cell and its traceback; rerun with --only "
-                                 f"{nb.name[:2]}") from None
-        timings[nb.name] = round(time.perf_counter() - start_time, 1)
-        print(f"[{i}/{len(chosen)}] {nb.name} done in {timings[nb.name]:.0f} s", flush=True)
-    total = time.perf_counter() - total_start
-    found = read_warnings(warnings_path)
+    # the kernels inherit the pinned commit (the result files they rewrite would make the tree dirty) and the file
+    # their failed checks go to
+    with _environment({**kernel_env(), PINNED_COMMIT_ENV: commit, WARNINGS_ENV: str(warnings_path)}):
+        for i, nb in enumerate(chosen, start=1):
+            out = out_dir / nb.name
+            print(f"[{i}/{len(chosen)}] {nb.name} (profile {profile}) ...", flush=True)
+            start_time = time.perf_counter()
+            try:
+                papermill.execute_notebook(str(nb), str(out), parameters={"profile": profile,
+                                                                          "overrides": overrides or {}},
+                                           cwd=str(nb.parent), kernel_name=kernel_name, progress_bar=False,
+                                           log_output=False, stdout_file=stream, stderr_file=stream)
+            except PapermillExecutionError as e:
+                print(warnings_summary(profile, read_warnings(warnings_path)), flush=True)  # those before the failure
+                raise NotebookFailed(f"{nb.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}",
+                                     f"open {out} to see the cell and its traceback; rerun with --only "
+                                     f"{nb.name[:2]}") from None
+            timings[nb.name] = round(time.perf_counter() - start_time, 1)
+            print(f"[{i}/{len(chosen)}] {nb.name} done in {timings[nb.name]:.0f} s", flush=True)
+        _finish(profile, overrides, chosen, out_dir, timings, time.perf_counter() - total_start, notebooks_dir)
+    return timings
+
+
+def _finish(profile, overrides, chosen, out_dir, timings, total, notebooks_dir) -> None:
+    """The end of a run: its warnings, `timings.json`; for a complete run also its record in the results folder
+    (the wall time is a result: README), the runs' records, and for the committed profile the published copies."""
+    from .provenance import machine, provenance
+    from .report import results_dir
+    from .runs import copy_run_records
+
+    found = read_warnings(out_dir / "warnings.jsonl")
     print(f"pipeline ({profile}): {len(chosen)} notebook(s) in {total / 60:.1f} min; executed copies in {out_dir}")
     print(warnings_summary(profile, found), flush=True)
     record = {"profile": profile, "overrides": overrides or {}, "seconds": timings, "total_seconds": round(total, 1),
               "warnings": [{k: w.get(k) for k in ("notebook", "check", "message")} for w in found]}
-    (out_dir / "timings.json").write_text(json.dumps(record, indent=2) + "\n")
-    if len(chosen) == len(notebooks(notebooks_dir)):  # a complete run: its wall time is a result (README)
-        from .provenance import machine, provenance
-        from .report import results_dir
-
-        complete = {**record, "machine": machine(), **provenance()}
-        (results_dir(profile) / "pipeline_timings.json").write_text(json.dumps(complete, indent=2) + "\n")
-        with open(results_dir(profile) / "pipeline_history.jsonl", "a", encoding="utf8") as f:
-            f.write(json.dumps(complete) + "\n")  # every complete run, e.g. one seed, then the extra seeds
-        copy_run_records(profile, results_dir(profile) / "runs")
-        if profile == PUBLISHED_PROFILE:
-            published = publish(out_dir, [nb.name for nb in chosen])
-            print(f"published {len(published)} executed notebooks to {PUBLISHED_DIR}")
-    return timings
+    write_json(out_dir / "timings.json", record)
+    if len(chosen) < len(notebooks(notebooks_dir)):
+        return
+    complete = {**record, "machine": machine(), **provenance()}
+    write_json(results_dir(profile) / "pipeline_timings.json", complete)
+    with open(results_dir(profile) / "pipeline_history.jsonl", "a", encoding="utf8") as f:
+        f.write(json.dumps(complete) + "\n")  # every complete run, e.g. one seed, then the extra seeds
+    copy_run_records(profile, results_dir(profile) / "runs")
+    if profile == PUBLISHED_PROFILE:
+        published = publish(out_dir, [nb.name for nb in chosen])
+        print(f"published {len(published)} executed notebooks to {PUBLISHED_DIR}")
 
 
 # ---------------------------------------------------------------- checks that warn instead of stopping a run
@@ -175,8 +175,6 @@ def warnings_file(profile: str) -> Path:
     executed notebooks), else `runs/<profile>/warnings.jsonl` (a notebook run by hand, or by nbval)."""
     if os.environ.get(WARNINGS_ENV):
         return Path(os.environ[WARNINGS_ENV])
-    from .runs import runs_root
-
     return runs_root() / profile / "warnings.jsonl"
 
 
@@ -215,11 +213,8 @@ def record_check(passed, check: str, message: str, *, profile: str, notebook: st
 
 def read_warnings(path: Path) -> list[dict]:
     """The records of a warnings file (none when it is absent); a line a killed kernel cut short is skipped."""
-    path = Path(path)
-    if not path.is_file():
-        return []
     found = []
-    for line in path.read_text(encoding="utf8").splitlines():
+    for line in Path(path).read_text(encoding="utf8").splitlines() if Path(path).is_file() else []:
         try:
             found.append(json.loads(line))
         except json.JSONDecodeError:
@@ -262,7 +257,12 @@ def publishable(nb):
     from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 
     nb = copy.deepcopy(nb)
-    root = str(REPO_ROOT)
+    # this machine's folders (the output root, the checkout), longest first
+    roots = sorted({str(output_root()), str(source_dir(""))} - {"/"}, key=len, reverse=True)
+
+    def local(text: str) -> str:
+        return functools.reduce(lambda t, root: t.replace(root, "."), roots, text)
+
     for cell in nb.cells:
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
@@ -272,15 +272,13 @@ def publishable(nb):
         CoalesceStreamsPreprocessor().preprocess_cell(cell, {}, 0)
         for out in cell.outputs:
             if out.output_type == "stream":
-                out.text = _final_text(out.text).replace(root, ".")
+                out.text = local(_final_text(out.text))
             for key, value in out.get("data", {}).items():
                 if key.startswith("text/") and isinstance(value, str):
-                    out.data[key] = value.replace(root, ".")
+                    out.data[key] = local(value)
         cell.outputs = [o for o in cell.outputs if o.output_type != "stream" or o.text.strip()]
     nb.metadata.pop("widgets", None)
-    params = nb.metadata.get("papermill", {}).get("parameters")
-    nb.metadata.pop("papermill", None)
-    if params is not None:
+    if (params := nb.metadata.pop("papermill", {}).get("parameters")) is not None:
         nb.metadata["papermill"] = {"parameters": params}
     return nb
 

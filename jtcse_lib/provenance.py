@@ -9,6 +9,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from .paths import CHECKOUT
+
 _PACKAGES = ("torch", "transformers", "sentence-transformers", "numpy", "scipy", "scikit-learn", "jtcse_lib")
 
 
@@ -18,11 +20,13 @@ PINNED_COMMIT_ENV = "JTCSE_GIT_COMMIT"
 
 
 def git_commit(repo: Path | None = None) -> str:
-    """The HEAD commit of the repository holding this package, with '+dirty' if the tree has changes
-    ($JTCSE_GIT_COMMIT instead, when a pipeline has pinned it)."""
+    """The HEAD commit of the checkout holding this package, with '+dirty' if the tree has changes
+    ($JTCSE_GIT_COMMIT instead, when a pipeline has pinned it); "unknown" outside a git checkout."""
     if os.environ.get(PINNED_COMMIT_ENV):
         return os.environ[PINNED_COMMIT_ENV]
-    repo = repo or Path(__file__).resolve().parent.parent
+    repo = repo or CHECKOUT
+    if repo is None:  # an installed wheel
+        return "unknown"
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
                              check=True, timeout=10).stdout.strip()
@@ -45,8 +49,6 @@ def versions() -> dict[str, str]:
 
 def machine() -> dict:
     """The host a timing was measured on: CPU model, logical cores, memory."""
-    import os
-
     info = {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()}
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
@@ -63,7 +65,7 @@ def device_description(device=None) -> str:
     """'cpu (N threads, <processor>)' or the CUDA device name."""
     import torch
 
-    dev = torch.device(device) if device is not None else torch.device("cpu")
+    dev = torch.device("cpu" if device is None else device)
     if dev.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(dev)}"
     return f"cpu ({torch.get_num_threads()} threads, {platform.machine()})"

@@ -1,9 +1,10 @@
 """Where results and figures go, how models are labelled and drawn, the paper's numbers, and the tables the
 notebooks print.
 
-Paths: the committed embedded default (`cpu`) writes `results/cpu/` and `figures/NN_name.png`; `paper` writes
-`results/paper/` and `figures/paper/`; `smoke` (meaningless numbers) writes under `runs/smoke/` only, so a test
-run never overwrites a committed figure.
+Paths, under the output root (`jtcse_lib.paths`): the committed embedded default (`cpu`) writes `results/cpu/` and
+`figures/NN_name.png`; `paper` writes `results/paper/` and `figures/paper/`; the scratch profiles (`smoke`,
+`paper-tiny`: meaningless numbers) write under `runs/<profile>/` only, so a test run never overwrites a committed
+figure.
 """
 
 from __future__ import annotations
@@ -13,17 +14,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import STS_TASKS
+from .export import COLUMNS, SHORT
+from .export import STAGE_LABELS as STAGE_LABELS  # the notebooks import the labels from here
 from .files import write_file, write_json, write_text
+from .paths import output_root, runs_root
 from .provenance import provenance
-from .runs import REPO_ROOT, runs_root
 
-COLUMNS = [*STS_TASKS, "avg"]
-SHORT = {"STSBenchmark": "STS-B", "SICKRelatedness": "SICK-R", "avg": "Avg."}
-
-# One label and one colour per model, for every table and figure (backbone rows: "backbone_<pooling>").
-STAGE_LABELS = {"simcse_a": "SimCSE tower A", "simcse_b": "SimCSE tower B", "tncse": "TNCSE (twin)",
-                "jtcse": "JTCSE (twin)", "distill": "JTCSE-D"}
+# One colour per model, for every figure (backbone rows: "backbone_<pooling>"); labels: STAGE_LABELS.
 STAGE_COLORS = {"backbone_cls": "#b0b0b0", "backbone_mean": "#707070", "simcse_a": "#9ecae1",
                 "simcse_b": "#3182bd", "tncse": "#fd8d3c", "jtcse": "#d62728", "distill": "#756bb1"}
 BACKBONE_NAMES = {"minilm": "MiniLM-L6"}  # readable names for labels
@@ -31,6 +28,7 @@ BACKBONE_NAMES = {"minilm": "MiniLM-L6"}  # readable names for labels
 
 def backbone_name(backbone: str) -> str:
     return BACKBONE_NAMES.get(backbone, backbone)
+
 
 # docs/paper.md, "Reported results" (BERT-base / RoBERTa-base, full Wiki1M; Spearman x 100).
 PAPER_TABLE = pd.DataFrame.from_records([
@@ -59,18 +57,16 @@ SCRATCH_PROFILES = ("smoke", "paper-tiny")
 
 
 def results_dir(profile: str) -> Path:
-    path = runs_root() / profile / "results" if profile in SCRATCH_PROFILES else REPO_ROOT / "results" / profile
+    """The profile's results folder (created): results/<profile>/, a scratch profile's runs/<profile>/results/."""
+    path = runs_root() / profile / "results" if profile in SCRATCH_PROFILES else output_root() / "results" / profile
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def figures_dir(profile: str) -> Path:
-    if profile in SCRATCH_PROFILES:
-        path = runs_root() / profile / "figures"
-    elif profile == "cpu":
-        path = REPO_ROOT / "figures"
-    else:
-        path = REPO_ROOT / "figures" / profile
+    """The profile's figures folder (created): figures/ for cpu, figures/<profile>/, or runs/<profile>/figures/."""
+    path = (runs_root() / profile / "figures" if profile in SCRATCH_PROFILES else
+            output_root() / "figures" / ("" if profile == "cpu" else profile))
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -111,9 +107,8 @@ def smoke_banner(config, measures: str | None = None) -> None:
             f"on {config.dev_pairs} STS-B dev pairs{cut}")
     display(Markdown(
         f"> **⚠️ {config.profile.upper()} PROFILE: every measured number in this notebook is meaningless.** {what}. "
-        "The run only shows "
-        "that the notebook executes end to end; run it with `papermill ... -p profile cpu` (or `make reproduce`) for "
-        "real numbers."))
+        "The run only shows that the notebook executes end to end; run it with `papermill ... -p profile cpu` (or "
+        "`make reproduce`) for real numbers."))
 
 
 def write_table(df: pd.DataFrame, profile: str, name: str, config: dict | None = None) -> Path:
@@ -134,21 +129,18 @@ def score_row(result: dict, **labels) -> dict:
 def mean_sd(df: pd.DataFrame, by: str = "model") -> pd.DataFrame:
     """Mean and sample standard deviation over seeds of each score column, one row per `by` value."""
     grouped = df.groupby(by, sort=False)[COLUMNS]
-    out = grouped.mean()
-    sd = grouped.std(ddof=1).fillna(0.0)
-    out.columns = pd.Index(COLUMNS)
-    return pd.concat({"mean": out, "sd": sd}, axis=1)
+    return pd.concat({"mean": grouped.mean(), "sd": grouped.std(ddof=1).fillna(0.0)}, axis=1)
 
 
 def format_mean_sd(df: pd.DataFrame, by: str = "model") -> pd.DataFrame:
     """'mean ± sd' strings (sd omitted when there is one seed) for printing and the README."""
-    counts = df.groupby(by, sort=False).size()
-    stats = mean_sd(df, by)
-    text = {}
-    for model in stats.index:
-        text[model] = {SHORT.get(c, c): (f"{stats.loc[model, ('mean', c)]:.2f}" if counts[model] == 1 else
-                                          f"{stats.loc[model, ('mean', c)]:.2f} ± {stats.loc[model, ('sd', c)]:.2f}")
-                       for c in COLUMNS}
+    counts, stats = df.groupby(by, sort=False).size(), mean_sd(df, by)
+
+    def cell(model, c) -> str:
+        mean, sd = stats.loc[model, ("mean", c)], stats.loc[model, ("sd", c)]
+        return f"{mean:.2f}" if counts[model] == 1 else f"{mean:.2f} ± {sd:.2f}"
+
+    text = {model: {SHORT.get(c, c): cell(model, c) for c in COLUMNS} for model in stats.index}
     out = pd.DataFrame.from_dict(text, orient="index")
     out.insert(0, "seeds", counts.reindex(out.index).values)
     return out

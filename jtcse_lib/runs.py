@@ -1,9 +1,9 @@
 """The run cache: "the model of stage X under this config", trained once and reused by every notebook.
 
-A stage's run lives in `runs/<profile>/<stage>-<key>/` where `key` hashes exactly the settings that stage
-(and the stages it starts from) depends on: an ablation that changes the modulus weight retrains the joint
-stage but reuses the two SimCSE encoders. A run counts as complete only when its `DONE` marker exists; the
-marker is written after training has finished and the best model is on disk, so a killed run is resumed
+A stage's run lives in `runs/<profile>/<stage>-<key>/` where `key` (`stage_key`, the one run identity) hashes exactly
+the settings that stage (and the stages it starts from) depends on: an ablation that changes the modulus weight
+retrains the joint stage but reuses the two SimCSE encoders. A run counts as complete only when its `DONE` marker
+exists; the marker is written after training has finished and the best model is on disk, so a killed run is resumed
 (from its checkpoint) instead of being used half-trained.
 
 Stages and what they start from (per seed):
@@ -19,7 +19,7 @@ complete run), so a cache on a read-only disk serves everything it holds; what i
 
 from __future__ import annotations
 
-import os
+import shutil
 import sys
 import tempfile
 from contextlib import ExitStack
@@ -29,26 +29,17 @@ from .config import STAGES, TRAINING_VERSION, TWIN_STAGES, RunConfig, config_has
 from .data import content_digest, corpus_digest, sts_test_digest, stsb_path
 from .errors import ConfigError, Interrupted, JtcseError
 from .files import FileProblem, NoSpace, exclusive_lock, lock_holder, read_json, read_jsonl, write_json, write_npz
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from .paths import runs_root  # runs.runs_root: where the run cache lives (jtcse_lib.paths owns it)
 
 _PARENTS = {"simcse_a": (), "simcse_b": (), "tncse": ("simcse_a", "simcse_b"), "jtcse": ("simcse_a", "simcse_b"),
             "distill": ("jtcse",)}
-def runs_root() -> Path:
-    """`$JTCSE_RUNS_DIR`, else `runs/` at the repository root (absolute: notebooks run in notebooks/)."""
-    return Path(os.environ.get("JTCSE_RUNS_DIR", REPO_ROOT / "runs")).resolve()
-
-
-def _check_stage(stage: str) -> None:
-    if stage not in STAGES:
-        raise ConfigError(f"unknown run stage {stage!r}", f"use one of {', '.join(STAGES)}")
 
 
 def stage_key(config: RunConfig, stage: str, data_dir=None) -> str:
     """Hash of the settings `stage` depends on, its parents' included, and of the data it reads: the content of
     the training corpus and of STS-B dev (selection), not where they lie, so moving the data retrains nothing."""
-
-    _check_stage(stage)
+    if stage not in STAGES:
+        raise ConfigError(f"unknown run stage {stage!r}", f"use one of {', '.join(STAGES)}")
     own = stage_settings(config, stage)
     own["backbone"] = _backbone_identity(config.backbone)
     own["data"] = {"corpus": corpus_digest(config.for_stage(stage).corpus, data_dir),
@@ -75,26 +66,21 @@ def is_complete(config: RunConfig, stage: str, data_dir=None) -> bool:
     return (run_dir(config, stage, data_dir) / "DONE").is_file()
 
 
-def _exclusive(out: Path):
-    """The run cache's lock on `out` (`<run>.lock` beside it; the trainer takes its own writer lock inside): two
-    notebooks asking for the same run train it once, the second waits for the first and then finds it complete."""
-    lock = out.with_name(f"{out.name}.lock")
-    holder = lock_holder(lock)
-    if holder:
-        print(f"run cache: waiting for {holder}, which is training {out.name}", file=sys.stderr)
-    return exclusive_lock(lock, f"the run cache's {out.name}", wait=True)
-
-
 def trained_model(config: RunConfig, stage: str, data_dir=None, progress: bool = True) -> Path:
     """The best model of `stage` under `config` (a HF folder, or a twin folder). Trains it, and the stages it starts
-    from, when the cache lacks them: instant when cached, minutes to hours otherwise."""
+    from, when the cache lacks them: instant when cached, minutes to hours otherwise. Two callers asking for the
+    same run train it once: the second waits on the run cache's lock (`<run>.lock` beside it; the trainer takes its
+    own writer lock inside), then finds it complete."""
     out = run_dir(config, stage, data_dir)
     if (out / "DONE").is_file():
         return out / "best"
     parents = [trained_model(config, p, data_dir, progress) for p in _PARENTS[stage]]
+    lock = out.with_name(f"{out.name}.lock")
+    if holder := lock_holder(lock):
+        print(f"run cache: waiting for {holder}, which is training {out.name}", file=sys.stderr)
     with ExitStack() as held:
         try:
-            held.enter_context(_exclusive(out))
+            held.enter_context(exclusive_lock(lock, f"the run cache's {out.name}", wait=True))
         except NoSpace:
             raise
         except FileProblem as e:  # a read-only cache (a published copy, a read-only mount) serves only what it holds
@@ -110,44 +96,22 @@ def _cannot_add(what: str, folder: Path, error: BaseException) -> FileProblem:
                        "make the run cache writable, or point JTCSE_RUNS_DIR at a writable copy of it")
 
 
-def _check_writable(folder: Path, what: str) -> None:
-    """Before computing what is to be cached in `folder`: one line when it cannot be written (a read-only disk),
-    rather than minutes of work and then a failed write."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        raise _cannot_add(what, folder, e) from None
-
-
-def _read_cached(path: Path) -> dict | None:
-    """A cached result, or None when absent or damaged (then it is computed again)."""
-    if not path.is_file():
-        return None
-    try:
-        cached = read_json(path, "cached result")
-    except FileProblem:
-        return None
-    return cached if isinstance(cached, dict) else None
-
-
 def _train(config: RunConfig, stage: str, out: Path, parents: list[Path], data_dir, progress: bool) -> None:
     from .train import Trainer
 
-    kwargs = {}
+    starts = {}  # what the stage starts from: the two stage-1 towers, or the teacher
     if stage in TWIN_STAGES:
-        kwargs["init"] = tuple(parents)
+        starts["init"] = tuple(parents)
     elif stage == "distill":
-        kwargs["teacher"] = parents[0]
+        starts["teacher"] = parents[0]
     # a folder without a run record is not a run of this version (or was killed before it wrote one): it is moved
     # aside to <folder>.old-<time>, never deleted; a run record lets the trainer decide (resume from its checkpoint,
     # from step 0 when it has none, or report a finished run)
     restart = out.is_dir() and any(out.iterdir()) and not (out / "run.json").is_file()
     if config.nproc > 1:  # DDP: torchrun starts the processes, the notebook kernel waits
-        _train_distributed(config, stage, out, data_dir, restart, **kwargs)
+        _train_distributed(config, stage, out, data_dir, restart, **starts)
     else:
-        Trainer(config, stage, out, data_dir=data_dir, progress=progress, restart=restart, **kwargs).run()
+        Trainer(config, stage, out, data_dir=data_dir, progress=progress, restart=restart, **starts).run()
     if not (out / "best").is_dir():
         raise RuntimeError(f"training of {stage} finished without a best model in {out}")
     write_json(out / "DONE", {"stage": stage, "key": stage_key(config, stage, data_dir)})
@@ -188,6 +152,8 @@ def summary(config: RunConfig, stage: str, data_dir=None) -> dict:
                      "train it first with trained_model()", ConfigError)
 
 
+# ---------------------------------------------------------------- cached test scores
+
 def _scored_model(config: RunConfig, stage: str | None, data_dir, progress: bool) -> tuple[str | Path, Path]:
     """(the model to score, the folder its cached scores live in): the backbone's in
     runs/<profile>/backbone-<key>/, a stage's beside its best model (trained first if needed)."""
@@ -198,9 +164,31 @@ def _scored_model(config: RunConfig, stage: str | None, data_dir, progress: bool
     return model, model.parent
 
 
-def _scored(config: RunConfig, stage: str | None, pooling: str, bootstrap: int, data_dir, progress: bool):
-    """(the model to score, the JSON file its cached STS scores live in; `.npz` beside it holds the per-pair
-    cosines)."""
+def _cached(path: Path) -> dict | None:
+    """A cached result, or None when absent or damaged (then it is computed again)."""
+    try:
+        cached = read_json(path, "cached result") if path.is_file() else None
+    except FileProblem:
+        return None
+    return cached if isinstance(cached, dict) else None
+
+
+def _encoder(config: RunConfig, model, pooling: str, cache: Path, what: str, progress: bool):
+    """The encoder that computes `what` for `cache`, once the cache's folder proved writable: on a read-only disk one
+    line, rather than minutes of work and then a failed write."""
+    from .evaluate import sentence_encoder
+
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=cache.parent):
+            pass
+    except OSError as e:
+        raise _cannot_add(what, cache.parent, e) from None
+    return sentence_encoder(model, pooling, config.eval_batch_size, config.eval_max_length, progress)
+
+
+def _sts_cache(config: RunConfig, stage: str | None, pooling: str, bootstrap: int, data_dir, progress: bool):
+    """(the model to score, the JSON file its cached STS scores live in; `.npz` beside it: the per-pair cosines)."""
     model, folder = _scored_model(config, stage, data_dir, progress)
     return model, folder / f"sts_{pooling}_{config.test_pairs or 'all'}_{bootstrap}.json"
 
@@ -209,16 +197,16 @@ def sts_scores(config: RunConfig, stage: str | None, pooling: str = "cls", boots
                data_dir=None, progress: bool = True) -> dict:
     """STS test scores (the `evaluate --out` JSON) of a stage's best model, or of the backbone when stage is
     None; computed once and cached beside the model. A twin is scored as the sum of its towers."""
-    from .evaluate import evaluate_sts, sentence_encoder
+    from .evaluate import evaluate_sts
     from .provenance import provenance
 
-    model, cache = _scored(config, stage, pooling, bootstrap, data_dir, progress)
+    model, cache = _sts_cache(config, stage, pooling, bootstrap, data_dir, progress)
     digest = sts_test_digest(data_dir)
-    cached = _read_cached(cache) if cache.with_suffix(".npz").is_file() else None
+    cached = _cached(cache) if cache.with_suffix(".npz").is_file() else None
     if cached is not None and cached.get("test_data_digest") == digest:  # other test files' scores are recomputed
         return cached
-    _check_writable(cache.parent, f"the STS scores {cache.name} of {stage or 'the backbone'}")
-    encoder = sentence_encoder(model, pooling, config.eval_batch_size, config.eval_max_length, progress)
+    encoder = _encoder(config, model, pooling, cache, f"the STS scores {cache.name} of {stage or 'the backbone'}",
+                       progress)
     report = evaluate_sts(encoder, data_dir=data_dir, bootstrap=bootstrap, seed=config.seed,
                           max_pairs=config.test_pairs)
     result = {"model": str(model), "stage": stage or "backbone", "pooling": pooling, **report.to_dict(),
@@ -236,7 +224,7 @@ def sts_predictions(config: RunConfig, stage: str | None, pooling: str = "cls", 
     import numpy as np
 
     sts_scores(config, stage, pooling, bootstrap, data_dir, progress)
-    with np.load(_scored(config, stage, pooling, bootstrap, data_dir, progress)[1].with_suffix(".npz")) as f:
+    with np.load(_sts_cache(config, stage, pooling, bootstrap, data_dir, progress)[1].with_suffix(".npz")) as f:
         tasks = [k[5:] for k in f.files if k.startswith("pred_")]
         return {t: f[f"pred_{t}"] for t in tasks}, {t: f[f"gold_{t}"] for t in tasks}
 
@@ -247,7 +235,6 @@ def transfer_scores(config: RunConfig, stage: str | None, pooling: str = "cls", 
     None, on the config's `transfer_tasks` with `transfer_kfold` folds; computed once and cached beside the model
     (`transfer_<pooling>_<tasks>_<kfold>_<limit>.json`; the fits use `transfer_jobs` processes)."""
     from .config import TRANSFER_TASKS
-    from .evaluate import sentence_encoder
     from .provenance import provenance
     from .transfer import evaluate_transfer
 
@@ -255,11 +242,10 @@ def transfer_scores(config: RunConfig, stage: str | None, pooling: str = "cls", 
     model, folder = _scored_model(config, stage, data_dir, progress)
     limit = config.transfer_limit or "all"
     cache = folder / f"transfer_{pooling}_{'-'.join(tasks)}_{config.transfer_kfold}_{limit}.json"
-    cached = _read_cached(cache)
-    if cached is not None:
+    if (cached := _cached(cache)) is not None:
         return cached
-    _check_writable(folder, f"the transfer scores {cache.name} of {stage or 'the backbone'}")
-    encoder = sentence_encoder(model, pooling, config.eval_batch_size, config.eval_max_length, progress)
+    encoder = _encoder(config, model, pooling, cache, f"the transfer scores {cache.name} of {stage or 'the backbone'}",
+                       progress)
     report = evaluate_transfer(encoder, tasks, data_dir, kfold=config.transfer_kfold, progress=progress,
                                n_jobs=config.transfer_jobs, limit=config.transfer_limit)
     result = {"model": str(model), "stage": stage or "backbone", "pooling": pooling, **report.to_dict(),
@@ -292,15 +278,12 @@ def better_simcse_tower(config: RunConfig, data_dir=None) -> str:
 
 def copy_run_records(profile: str, dest: Path) -> list[Path]:
     """Copy each run's small records (result.json: config, commit, versions, wall time, best step; metrics.jsonl;
-    the cached sts_*.json test scores) to `dest/<run>/`, so that a committed results folder holds them without
-    the model weights."""
+    the cached sts_*.json and transfer_*.json test scores) to `dest/<run>/`, so that a committed results folder
+    holds them without the model weights."""
     copied = []
     for run in sorted(p for p in (runs_root() / profile).iterdir() if p.is_dir() and "-" in p.name):
         files = [f for f in (run / "result.json", run / "metrics.jsonl") if f.is_file()]
-        files += sorted(run.glob("sts_*.json")) + sorted(run.glob("transfer_*.json"))
-        for f in files:
-            target = Path(dest) / run.name / f.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(f.read_bytes())
-            copied.append(target)
+        for f in files + sorted(run.glob("sts_*.json")) + sorted(run.glob("transfer_*.json")):
+            (Path(dest) / run.name).mkdir(parents=True, exist_ok=True)
+            copied.append(Path(shutil.copyfile(f, Path(dest) / run.name / f.name)))
     return copied

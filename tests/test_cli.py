@@ -1,3 +1,5 @@
+"""The command line: evaluate's JSON, twins, run folders, one-line errors and exit codes, export with its card."""
+
 import json
 import subprocess
 import sys
@@ -39,6 +41,7 @@ def test_evaluate_a_twin_folder_sums_the_towers(tiny_data, tiny_model_dir, tmp_p
     assert a["scores"]["STSBenchmark"] == pytest.approx(b["scores"]["STSBenchmark"], abs=1e-6)
 
 
+@pytest.mark.slow  # a fresh interpreter that imports torch
 def test_missing_data_is_one_line_and_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "jtcse_lib", "evaluate", "--model", "minilm", "--data-dir",
                            str(tmp_path / "none")], capture_output=True, text=True, timeout=300)

@@ -1,6 +1,7 @@
 """Exports: Hugging Face, sentence-transformers (CLS pooling stated explicitly), the twin, the model card.
 
-Tiny random BERTs (MiniLM's tokenizer) keep most tests fast; the real MiniLM carries the main round trip.
+Tiny random BERTs (MiniLM's tokenizer) keep most tests fast; the real MiniLM carries the main round trip (slow, as
+are the full-disk tests on a real tmpfs).
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ def minilm_st(tmp_path_factory):
 
 # ---------------------------------------------------------------- sentence-transformers, real MiniLM
 
+@pytest.mark.slow
 def test_minilm_st_export_equals_our_cls_encoding(minilm, minilm_st):
     model, tokenizer = minilm
     got = st_encode(minilm_st, SENTENCES)
@@ -103,6 +105,7 @@ def test_minilm_st_export_equals_our_cls_encoding(minilm, minilm_st):
     assert not np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_minilm_st_export_files(minilm_st):
     modules = json.loads((minilm_st / "modules.json").read_text())
     assert modules == [
@@ -123,6 +126,7 @@ def test_minilm_st_export_files(minilm_st):
     assert len(st) == 2 and st[1].pooling_mode == "cls" and st.max_seq_length == 512
 
 
+@pytest.mark.slow
 def test_minilm_model_card(minilm_st):
     card = (minilm_st / "README.md").read_text()
     assert "CLS" in card and "before the pooler" in card
@@ -136,6 +140,7 @@ def test_minilm_model_card(minilm_st):
 
 # ---------------------------------------------------------------- Hugging Face export; the bare-folder trap
 
+@pytest.mark.slow
 def test_export_hf_round_trip_and_bare_folder_is_mean_pooled(minilm, minilm_st, tmp_path):
     model, tokenizer = minilm
     out = ex.export_hf("minilm", tmp_path / "hf")
@@ -255,6 +260,7 @@ def test_model_card_states_only_what_it_is_given(tmp_path):
 
 # ---------------------------------------------------------------- the twin
 
+@pytest.mark.slow
 def test_export_twin_and_load_twin_equal_sum_encoder(raw_twin, tmp_path):
     (a, tok_a), (b, tok_b) = load_backbone(raw_twin / "tower_a"), load_backbone(raw_twin / "tower_b")
     reference = ev.SumEncoder([ev.TowerEncoder(a, tok_a, "cls", progress=False),
@@ -420,6 +426,7 @@ def fill(disk: Path, leave_mb: float) -> Path:
 
 
 # where the disk fills: in the weights (safetensors), in the tokenizer (tokenizers), in a twin's second tower
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, leave_mb", [("tower", 2), ("tower", 4.4), ("twin", 9)])
 def test_a_full_disk_during_export_is_no_space_and_keeps_the_earlier_export(small_disk, minilm_tokenizer, kind,
                                                                              leave_mb, capsys):
@@ -464,7 +471,25 @@ def test_exporting_does_not_load_the_trainer():
     assert loaded.strip() == "[]"
 
 
-def test_card_columns_are_the_report_columns():
+def test_the_report_shows_what_the_card_states(tmp_path):
+    """One home for the score columns and the stage names: report uses export's (no copy to drift)."""
     from jtcse_lib import report
 
-    assert ex.COLUMNS == report.COLUMNS and ex.SHORT == report.SHORT
+    assert report.COLUMNS is ex.COLUMNS and report.SHORT is ex.SHORT and report.STAGE_LABELS is ex.STAGE_LABELS
+    assert set(ex.STAGE_METHODS) == set(ex.STAGE_LABELS) == set(report.STAGE_COLORS) - {"backbone_cls",
+                                                                                           "backbone_mean"}
+    for method in set(ex.STAGE_METHODS.values()):  # every stage's method has its card text
+        card = ex.write_model_card(tmp_path / method, {"method": method}).read_text()
+        assert f"trained with {method}: " in card or f"trained with unsupervised {method}: " in card, card
+
+
+def test_card_from_run_reads_the_run_folder(tmp_path):
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    (run / "result.json").write_text(json.dumps({"stage": "jtcse", "best_stsb_dev": 80.0, "best_step": 7,
+                                                 "config": {"backbone": "minilm", "seed": 3, "corpus": "wiki"}}))
+    (run / "sts_cls_all_1000.json").write_text(json.dumps({"scores": SCORES}))
+    card = ex.card_from_run(run / "best")
+    assert (card["method"], card["backbone"], card["seed"], card["scores"]) == ("JTCSE", "minilm", 3, SCORES)
+    assert card["notes"] == "Selected on STS-B dev: 80.00 at step 7."
+    assert ex.card_from_run("minilm") == {} and ex.card_from_run(tmp_path / "nowhere" / "best") == {}

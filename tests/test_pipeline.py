@@ -1,5 +1,6 @@
-"""The ordered pipeline through papermill: the smoke profile (run after nbval: the run cache is warm), the paper
-profile's code path at tiny scale (paper-tiny), and checks that warn instead of stopping a run."""
+"""The ordered pipeline through papermill: choosing notebooks, the kernels' environment, the smoke profile (run after
+nbval: the run cache is warm), the paper profile's code path at tiny scale (paper-tiny), and checks that warn
+instead of stopping a run. Everything that starts a kernel is marked slow."""
 
 import io
 import json
@@ -16,10 +17,11 @@ import yaml
 from jtcse_lib import pipeline
 from jtcse_lib.ablations import all_ablations
 from jtcse_lib.config import PARAMS_DIR, STAGES, load_profile
-from jtcse_lib.errors import ConfigError
+from jtcse_lib.errors import ConfigError, JtcseError
+from jtcse_lib.paths import output_root, runs_root, source_dir
 from jtcse_lib.pipeline import CheckWarning, NotebookFailed, record_check, run_pipeline
 from jtcse_lib.report import COLUMNS, figures_dir, results_dir
-from jtcse_lib.runs import REPO_ROOT, run_dir, runs_root
+from jtcse_lib.runs import run_dir
 
 NOTEBOOK_NAMES = ["01_modulus_constraint.ipynb", "02_cross_attention.ipynb", "03_training.ipynb",
                   "04_distillation.ipynb", "05_sts_results.ipynb", "06_ablations.ipynb", "07_transfer.ipynb"]
@@ -29,6 +31,7 @@ def _run_warnings(profile: str) -> list:
     return json.loads((runs_root() / profile / "notebooks" / "timings.json").read_text())["warnings"]
 
 
+@pytest.mark.slow
 def test_smoke_pipeline_writes_results_and_figures(real_data, monkeypatch):
     monkeypatch.setenv("JTCSE_DATA_DIR", str(real_data))
     timings = run_pipeline("smoke")
@@ -49,6 +52,55 @@ def test_smoke_pipeline_writes_results_and_figures(real_data, monkeypatch):
     assert _run_warnings("smoke") == []
     checks = pd.read_csv(results / "checks.csv")
     assert {"02_cross_attention", "04_distillation"} <= set(checks["notebook"]) and checks["passed"].all()
+
+
+# ---------------------------------------------------------------- choosing notebooks, the kernels' environment
+
+def test_pipeline_selection(tmp_path):
+    for name in ("01_a.ipynb", "02_b.ipynb", "03_c.ipynb", "notes.ipynb"):
+        (tmp_path / name).write_text("{}")
+    nbs = pipeline.notebooks(tmp_path)
+    assert [p.name for p in nbs] == ["01_a.ipynb", "02_b.ipynb", "03_c.ipynb"]
+    assert [p.name for p in pipeline.select(nbs, start="02")] == ["02_b.ipynb", "03_c.ipynb"]
+    assert [p.name for p in pipeline.select(nbs, only=["3", "01"])] == ["01_a.ipynb", "03_c.ipynb"]
+    assert pipeline.select(nbs) == nbs
+    with pytest.raises(JtcseError, match="no notebook numbered 07"):
+        pipeline.select(nbs, only=["07"])
+    with pytest.raises(JtcseError, match="no notebook from 09 on"):
+        pipeline.select(nbs, start="09")
+
+
+@pytest.mark.slow
+def test_pipeline_names_the_failing_cell(tmp_path, monkeypatch):
+    monkeypatch.setenv("JTCSE_RUNS_DIR", str(tmp_path / "runs"))
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "smoke"\noverrides = {}')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("raise ValueError('boom')")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    nbformat.write(nb, folder / "01_fails.ipynb")
+    with pytest.raises(pipeline.NotebookFailed, match=r"01_fails.ipynb failed in cell .*ValueError: boom"):
+        pipeline.run_pipeline("smoke", notebooks_dir=folder, out_dir=tmp_path / "out")
+    assert (tmp_path / "out" / "01_fails.ipynb").is_file()
+
+
+def test_pipeline_kernel_env_has_absolute_dirs_and_text_progress(tmp_path, monkeypatch):
+    # the kernels run in notebooks/, where a relative $JTCSE_DATA_DIR would name another folder
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("JTCSE_DATA_DIR", "../elsewhere/data")
+    monkeypatch.setenv("JTCSE_RUNS_DIR", "runs")
+    monkeypatch.delenv("JTCSE_CACHE_DIR", raising=False)
+    env = pipeline.kernel_env()
+    assert env["JTCSE_DATA_DIR"] == str((tmp_path / "../elsewhere/data").resolve())
+    assert env["JTCSE_RUNS_DIR"] == str(tmp_path / "runs")
+    assert env["JTCSE_HOME"] == str(output_root()) and "JTCSE_CACHE_DIR" not in env  # the kernels write where we do
+    assert env["JTCSE_TEXT_PROGRESS"] == "1"  # papermill cannot stream widget bars; the kernels get text bars
+    monkeypatch.setenv("JTCSE_TEXT_PROGRESS", env["JTCSE_TEXT_PROGRESS"])
+    from jtcse_lib.progress import progress_bar
+    with progress_bar(total=1, disable=True) as bar:
+        assert type(bar).__module__ == "tqdm.std"
 
 
 # ---------------------------------------------------------------- paper-tiny: paper with only the scale changed
@@ -80,7 +132,7 @@ def test_paper_tiny_is_paper_with_only_the_scale_changed():
 
 def _untracked_or_changed(*paths: Path) -> list[str]:
     out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *map(str, paths)],
-                         cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+                         cwd=output_root(), capture_output=True, text=True, check=True).stdout
     return out.splitlines()
 
 
@@ -91,7 +143,7 @@ def test_paper_tiny_pipeline_runs_the_paper_code_path(real_data, monkeypatch):
     monkeypatch.setenv("JTCSE_DATA_DIR", str(real_data))
     # one torch thread in the kernels: the tiny model is as fast so, and 4x faster when another process holds a core
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    tracked = [REPO_ROOT / "results", REPO_ROOT / "figures", REPO_ROOT / "docs"]
+    tracked = [output_root() / "results", output_root() / "figures", source_dir("docs")]
     before = _untracked_or_changed(*tracked)
     timings = run_pipeline("paper-tiny")
     assert list(timings) == NOTEBOOK_NAMES

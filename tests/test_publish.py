@@ -4,6 +4,7 @@ import nbformat
 import pytest
 
 from jtcse_lib import pipeline
+from jtcse_lib.paths import output_root
 
 WIDGET = {"application/vnd.jupyter.widget-view+json": {"model_id": "abc", "version_major": 2, "version_minor": 0},
           "text/plain": "HBox(children=(FloatProgress(value=0.0),))"}
@@ -25,7 +26,7 @@ def _executed(code: list[str]):
         nbformat.v4.new_output("stream", name="stderr", text=bar[:40]),
         nbformat.v4.new_output("stream", name="stderr", text=bar[40:]),
         nbformat.v4.new_output("display_data", data=WIDGET),
-        nbformat.v4.new_output("stream", name="stdout", text=f"wrote {pipeline.REPO_ROOT}/results/cpu/x.csv\n"),
+        nbformat.v4.new_output("stream", name="stdout", text=f"wrote {output_root()}/results/cpu/x.csv\n"),
         nbformat.v4.new_output("stream", name="stderr", text="\rencoding:  50%|#####     |\r" + " " * 30 + "\r"),
     ]
     nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {}}
@@ -106,23 +107,39 @@ def test_the_published_notebooks_stay_small():
 
 def test_a_pipeline_pins_the_commit_it_started_from(monkeypatch, tmp_path):
     """Notebooks rewrite tracked result files as they go; without the pin every later notebook would record
-    '<commit>+dirty'. The pin holds for the run only."""
+    '<commit>+dirty'. The pin holds for the run only. A real git repository stands in for the checkout (git reads
+    GIT_DIR / GIT_WORK_TREE), and the stand-in kernel rewrites one of its tracked files, as a notebook does."""
     import os
+    import subprocess
 
     import papermill
 
     from jtcse_lib import provenance
 
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / "results.csv").write_text("a\n")
+    subprocess.run([*git, "add", "results.csv"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "results"], check=True)
+    sha = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    monkeypatch.setenv("GIT_DIR", str(repo / ".git"))
+    monkeypatch.setenv("GIT_WORK_TREE", str(repo))
     monkeypatch.delenv(provenance.PINNED_COMMIT_ENV, raising=False)
     monkeypatch.setenv(pipeline.WARNINGS_ENV, "/somewhere/else.jsonl")  # a value of the caller's, restored after
+    assert provenance.git_commit() == sha  # clean
+
     seen = []
-    monkeypatch.setattr(papermill, "execute_notebook",
-                        lambda *a, **k: seen.append((os.environ.get(provenance.PINNED_COMMIT_ENV),
-                                                     provenance.git_commit(), os.environ[pipeline.WARNINGS_ENV])))
-    monkeypatch.setattr(provenance, "git_commit", lambda repo=None: os.environ.get(provenance.PINNED_COMMIT_ENV)
-                        or "abc123")
-    pipeline.run_pipeline("smoke", only=["01"], out_dir=tmp_path)
-    assert seen == [("abc123", "abc123", str(tmp_path / "warnings.jsonl"))]  # the kernels write this run's file
+
+    def kernel(*args, **kwargs):  # a notebook: rewrites a tracked result, then records the commit of its results
+        (repo / "results.csv").write_text("b\n")
+        seen.append((provenance.git_commit(), os.environ[pipeline.WARNINGS_ENV]))
+
+    monkeypatch.setattr(papermill, "execute_notebook", kernel)
+    pipeline.run_pipeline("smoke", only=["01"], out_dir=tmp_path / "out")
+    assert seen == [(sha, str(tmp_path / "out" / "warnings.jsonl"))]  # the commit it started from, not +dirty
+    assert provenance.git_commit() == sha + "+dirty"  # unpinned after the run: the tree as it is
     assert provenance.PINNED_COMMIT_ENV not in os.environ
     assert os.environ[pipeline.WARNINGS_ENV] == "/somewhere/else.jsonl"
 

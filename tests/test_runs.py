@@ -1,4 +1,6 @@
-"""The run cache: keys, reuse across ablations, completeness marker; the pipeline's notebook selection."""
+"""The run cache: keys, reuse across ablations, completeness marker, cached scores, locks, a read-only cache.
+
+The tests that train (tiny models, two steps) are marked slow."""
 
 import json
 import os
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import mounted_tmpfs
 
-from jtcse_lib import pipeline, runs
+from jtcse_lib import runs
 from jtcse_lib.backbones import is_twin_dir
 from jtcse_lib.config import load_profile
 from jtcse_lib.errors import ConfigError, Interrupted, JtcseError
@@ -44,8 +46,6 @@ def test_keys_follow_dependencies(cfg):
 
 
 def test_keys_follow_the_data_content_not_its_folder(cfg, tiny_data, tmp_path):
-    import shutil
-
     moved = shutil.copytree(tiny_data, tmp_path / "moved")
     for stage in ("simcse_a", "jtcse", "distill"):
         assert runs.stage_key(cfg, stage, tiny_data) == runs.stage_key(cfg, stage, moved)
@@ -55,6 +55,7 @@ def test_keys_follow_the_data_content_not_its_folder(cfg, tiny_data, tmp_path):
     assert runs.stage_key(cfg, "simcse_a", moved) != runs.stage_key(cfg, "simcse_a", tiny_data)
 
 
+@pytest.mark.slow
 def test_trained_model_trains_once_and_marks_complete(cfg, real_data, monkeypatch):
     path = runs.trained_model(cfg, "tncse", data_dir=real_data, progress=False)
     assert is_twin_dir(path) and runs.is_complete(cfg, "tncse")
@@ -70,6 +71,7 @@ def test_trained_model_trains_once_and_marks_complete(cfg, real_data, monkeypatc
     assert runs.trained_model(cfg, "tncse", data_dir=real_data) == path
 
 
+@pytest.mark.slow
 def test_half_written_run_is_not_complete(cfg, real_data):
     out = runs.run_dir(cfg, "simcse_a")
     (out / "best").mkdir(parents=True)  # a best model from a run that was killed before it finished
@@ -79,6 +81,7 @@ def test_half_written_run_is_not_complete(cfg, real_data):
     assert [p.name.split(".old-")[0] for p in out.parent.glob(f"{out.name}.old-*")] == [out.name]  # kept aside
 
 
+@pytest.mark.slow
 def test_sts_scores_are_cached(cfg, real_data):
     first = runs.sts_scores(cfg, "simcse_a", bootstrap=20, data_dir=real_data, progress=False)
     assert set(first["scores"]) == {"STS12", "STS13", "STS14", "STS15", "STS16", "STSBenchmark",
@@ -89,9 +92,8 @@ def test_sts_scores_are_cached(cfg, real_data):
     assert runs.sts_scores(cfg, "simcse_a", bootstrap=20, data_dir=real_data) == first
 
 
+@pytest.mark.slow
 def test_cached_sts_scores_of_other_test_data_are_recomputed(cfg, real_data, tiny_data):
-    import shutil
-
     first = runs.sts_scores(cfg, None, bootstrap=0, data_dir=real_data, progress=False)
     # the same models, other test files (e.g. a corrected SICK file): the cached scores must not be reused
     other = shutil.copytree(real_data, tiny_data.parent / "other")
@@ -101,51 +103,6 @@ def test_cached_sts_scores_of_other_test_data_are_recomputed(cfg, real_data, tin
     second = runs.sts_scores(cfg, None, bootstrap=0, data_dir=other, progress=False)
     assert second["test_data_digest"] != first["test_data_digest"]
     assert second["scores"]["SICKRelatedness"] != first["scores"]["SICKRelatedness"]
-
-
-def test_pipeline_selection(tmp_path):
-    for name in ("01_a.ipynb", "02_b.ipynb", "03_c.ipynb", "notes.ipynb"):
-        (tmp_path / name).write_text("{}")
-    nbs = pipeline.notebooks(tmp_path)
-    assert [p.name for p in nbs] == ["01_a.ipynb", "02_b.ipynb", "03_c.ipynb"]
-    assert [p.name for p in pipeline.select(nbs, start="02")] == ["02_b.ipynb", "03_c.ipynb"]
-    assert [p.name for p in pipeline.select(nbs, only=["3", "01"])] == ["01_a.ipynb", "03_c.ipynb"]
-    with pytest.raises(JtcseError, match="no notebook numbered 07"):
-        pipeline.select(nbs, only=["07"])
-    with pytest.raises(JtcseError, match="no notebook from 09 on"):
-        pipeline.select(nbs, start="09")
-
-
-def test_pipeline_names_the_failing_cell(tmp_path, monkeypatch):
-    import nbformat
-
-    monkeypatch.setenv("JTCSE_RUNS_DIR", str(tmp_path / "runs"))
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell('profile = "smoke"\noverrides = {}')
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("raise ValueError('boom')")]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    folder = tmp_path / "nbs"
-    folder.mkdir()
-    nbformat.write(nb, folder / "01_fails.ipynb")
-    with pytest.raises(pipeline.NotebookFailed, match=r"01_fails.ipynb failed in cell .*ValueError: boom"):
-        pipeline.run_pipeline("smoke", notebooks_dir=folder, out_dir=tmp_path / "out")
-    assert (tmp_path / "out" / "01_fails.ipynb").is_file()
-
-
-def test_pipeline_kernel_env_has_absolute_dirs_and_text_progress(tmp_path, monkeypatch):
-    # the kernels run in notebooks/, where a relative $JTCSE_DATA_DIR would name another folder
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("JTCSE_DATA_DIR", "../elsewhere/data")
-    monkeypatch.setenv("JTCSE_RUNS_DIR", "runs")
-    monkeypatch.delenv("JTCSE_TEXT_PROGRESS", raising=False)
-    pipeline.kernel_env()
-    assert os.environ["JTCSE_DATA_DIR"] == str((tmp_path / "../elsewhere/data").resolve())
-    assert os.environ["JTCSE_RUNS_DIR"] == str(tmp_path / "runs")
-    # papermill cannot stream widget bars; the kernels get text bars
-    from jtcse_lib.progress import progress_bar
-    with progress_bar(total=1, disable=True) as bar:
-        assert type(bar).__module__ == "tqdm.std"
 
 
 def test_copy_run_records_takes_the_records_not_the_weights(tmp_path, monkeypatch):
@@ -162,6 +119,7 @@ def test_copy_run_records_takes_the_records_not_the_weights(tmp_path, monkeypatc
     assert not (tmp_path / "out" / "cache").exists()
 
 
+@pytest.mark.slow
 def test_per_pair_predictions_are_kept_beside_the_scores(cfg, real_data):
     from jtcse_lib.evaluate import spearman100
 
@@ -172,6 +130,7 @@ def test_per_pair_predictions_are_kept_beside_the_scores(cfg, real_data):
         assert spearman100(pred[task], gold[task]) == pytest.approx(scores["scores"][task], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_compare_is_the_paired_bootstrap_of_the_cached_predictions(cfg, real_data):
     table = runs.compare(cfg, "simcse_a", cfg, "simcse_b", n_boot=50, data_dir=real_data, progress=False)
     a = runs.sts_scores(cfg, "simcse_a", data_dir=real_data)["scores"]
@@ -187,6 +146,7 @@ def test_compare_is_the_paired_bootstrap_of_the_cached_predictions(cfg, real_dat
 
 # ---------------------------------------------------------------- locks, resuming, a read-only cache
 
+@pytest.mark.slow
 def test_a_run_with_its_record_but_no_checkpoint_resumes_in_place(cfg, real_data):
     out = runs.trained_model(cfg, "simcse_a", data_dir=real_data, progress=False).parent
     # what a run stopped before its first checkpoint holds: run.json, best/, metrics, no result.json, no checkpoint
@@ -258,6 +218,7 @@ def own_disk(tmp_path):
         yield disk, lambda: subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
 
 
+@pytest.mark.slow
 def test_a_complete_cache_on_a_read_only_disk_serves_what_it_holds(cfg, real_data, own_disk, monkeypatch):
     from jtcse_lib import evaluate, train
 
