@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -64,11 +65,14 @@ def select(paths: list[Path], start: str | None = None, only: list[str] | None =
 
 def kernel_env() -> dict[str, str]:
     """What the kernels' environment adds to this process's: they run in notebooks/, so the output root is pinned
-    and the folders named by relative paths ($JTCSE_DATA_DIR, ...) are made absolute; and text progress bars,
-    which papermill streams (widgets it cannot)."""
+    and the folders named by relative paths ($JTCSE_DATA_DIR, ...) are made absolute; text progress bars, which
+    papermill streams to the run's log (widgets it cannot; `publishable` drops them from the published copies);
+    and static widgets (`jtcse_lib.display`: no frontend drives them, so each draws its default figure once)."""
+    from .display import STATIC_ENV
+
     folders = {var: str(Path(os.environ[var]).resolve()) for var in ("JTCSE_DATA_DIR", RUNS_ENV, CACHE_ENV)
                if os.environ.get(var)}
-    return {**folders, HOME_ENV: str(output_root()), TEXT_PROGRESS_ENV: "1"}
+    return {**folders, HOME_ENV: str(output_root()), TEXT_PROGRESS_ENV: "1", STATIC_ENV: "1"}
 
 
 @contextmanager
@@ -250,8 +254,18 @@ def _final_text(text: str) -> str:
     return "\n".join(lines)
 
 
+# a tqdm bar's line: "desc:  40%|####      | 2/5 [00:01<00:02, 1.2it/s, loss=0.5]" (its rate part may be cut)
+_PROGRESS_LINE = re.compile(r"\d+%\|.*\|\s*[\d.]+[kMG]?/[\d.?]+[kMG]?(\s*\[.*)?$")
+
+
+def _without_progress(text: str) -> str:
+    """A stream without its progress-bar lines: the run's log shows the bars, a reader needs none."""
+    return "\n".join(line for line in text.split("\n") if not _PROGRESS_LINE.search(line))
+
+
 def publishable(nb):
-    """A cleaned copy of an executed notebook (nbformat node) for docs/notebooks/."""
+    """A cleaned copy of an executed notebook (nbformat node) for docs/notebooks/: no progress bars, widgets,
+    papermill timestamps or local paths."""
     import copy
 
     from nbconvert.preprocessors import CoalesceStreamsPreprocessor
@@ -272,7 +286,7 @@ def publishable(nb):
         CoalesceStreamsPreprocessor().preprocess_cell(cell, {}, 0)
         for out in cell.outputs:
             if out.output_type == "stream":
-                out.text = local(_final_text(out.text))
+                out.text = local(_without_progress(_final_text(out.text)))
             for key, value in out.get("data", {}).items():
                 if key.startswith("text/") and isinstance(value, str):
                     out.data[key] = local(value)

@@ -97,6 +97,7 @@ def test_pipeline_kernel_env_has_absolute_dirs_and_text_progress(tmp_path, monke
     assert env["JTCSE_RUNS_DIR"] == str(tmp_path / "runs")
     assert env["JTCSE_HOME"] == str(output_root()) and "JTCSE_CACHE_DIR" not in env  # the kernels write where we do
     assert env["JTCSE_TEXT_PROGRESS"] == "1"  # papermill cannot stream widget bars; the kernels get text bars
+    assert env["JTCSE_STATIC_WIDGETS"] == "1"  # and no frontend drives a widget: each draws its default figure
     monkeypatch.setenv("JTCSE_TEXT_PROGRESS", env["JTCSE_TEXT_PROGRESS"])
     from jtcse_lib.progress import progress_bar
     with progress_bar(total=1, disable=True) as bar:

@@ -34,14 +34,22 @@ def _executed(code: list[str]):
     return nb
 
 
-def test_publishable_keeps_the_final_state_of_progress_bars_and_drops_widgets():
+def test_publishable_drops_progress_bars_and_widgets_and_keeps_other_streams():
     clean = pipeline.publishable(_executed(["x = 1", "y = 2"]))
     outputs = clean.cells[1].outputs
-    assert [o.output_type for o in outputs] == ["stream", "stream"]  # the widget and the cleared bar are gone
-    assert outputs[0].text == "100%|##########| 3/3 [00:01<00:00]\n"  # two stderr chunks coalesced, one line
-    assert outputs[1].text == "wrote ./results/cpu/x.csv\n"  # no local path
+    assert [o.output_type for o in outputs] == ["stream"]  # the widget and every bar are gone
+    assert outputs[0].text == "wrote ./results/cpu/x.csv\n"  # no local path
     assert "widgets" not in clean.metadata and clean.metadata["papermill"] == {"parameters": {"profile": "cpu"}}
     assert "papermill" not in clean.cells[1].metadata
+
+
+def test_progress_lines_are_recognised_and_nothing_else():
+    bars = ["stage:  40%|####      | 2/5 [00:01<00:02,  1.21step/s, loss=0.5212, best_dev=-]",
+            "100%|##########| 3/3 [00:01<00:00]", "encoding: 100%|██████████| 12/12 [00:03<00:00, 3.9batch/s]",
+            "Loading weights: 100%|##########| 103/103 [00:00<00:00, 18251.51it/s]", " 33%|###3      | 1/3"]
+    kept = ["[jtcse] 30 of 128 training sentences are longer than max_length=32 tokens and were truncated",
+            "UserWarning: 50% of the pairs | are short", "wrote results/cpu/x.csv"]
+    assert pipeline._without_progress("\n".join(bars + kept)) == "\n".join(kept)
 
 
 def test_final_text_overwrites_like_a_terminal():
