@@ -35,9 +35,9 @@ def _model_args(args) -> None:
                                  else ""))
         return model_folder(model)
 
-    for name in ("model", "teacher"):
-        if getattr(args, name, None):
-            setattr(args, name, usable(getattr(args, name)))
+    for name in ("model", "teacher", "ensemble"):
+        if value := getattr(args, name, None):
+            setattr(args, name, [usable(m) for m in value] if isinstance(value, list) else usable(value))
     if getattr(args, "init", None):
         args.init = [usable(m) for m in args.init]
 
@@ -57,15 +57,34 @@ def _check_out_file(path: str | None) -> None:
 
 
 def _encoder(args):
-    """(the encoder of --model, its device), once --out and the data folder proved usable: before the model loads."""
+    """(the encoder of --model, its device), once --out and the data folder proved usable: before the model loads.
+    Two --model folders or ids are a twin (their sum); --ensemble adds JTCSE-UC's external encoder with weight
+    --ensemble-weight; --tokenizer serves folders released without one."""
     from .data import resolve_data_dir
     from .device import choose_device
-    from .evaluate import sentence_encoder
+    from .evaluate import ensemble_encoder, sentence_encoder
 
     _check_out_file(args.out)
+    if len(args.model) > 2:
+        raise ConfigError(f"--model takes one model or the two towers of a twin, not {len(args.model)}",
+                          "pass one folder or id, or two (tower A and tower B); add an external model with --ensemble")
     resolve_data_dir(args.data_dir)  # a missing data folder fails before the model is loaded
     device = choose_device(args.device)
-    return sentence_encoder(args.model, args.pooling, args.batch_size, args.max_length, device=device), device
+    options = dict(pooling=args.pooling, batch_size=args.batch_size, max_length=args.max_length, device=device,
+                   tokenizer=args.tokenizer)
+    encoder = sentence_encoder(args.model if len(args.model) > 1 else args.model[0], **options)
+    if args.ensemble:
+        encoder = ensemble_encoder(encoder, sentence_encoder(args.ensemble, **options), args.ensemble_weight)
+    return encoder, device
+
+
+def _model_record(args) -> dict:
+    """What the result file says was scored."""
+    record = {"model": " + ".join(map(str, args.model)), "tokenizer": args.tokenizer}
+    if args.ensemble:
+        record["ensemble"] = {"model": str(args.ensemble), "weight": args.ensemble_weight,
+                              "formula": "(1 - weight) * model + weight * ensemble (JTCSE-UC, unnormalised)"}
+    return record
 
 
 def _write_result(args, result: dict) -> None:
@@ -85,14 +104,18 @@ def cmd_evaluate(args) -> int:
     from .provenance import provenance
 
     encoder, device = _encoder(args)
-    twin, tasks, start = is_twin_dir(args.model), args.tasks or list(STS_TASKS), time.perf_counter()
+    twin = len(args.model) == 2 or is_twin_dir(args.model[0])
+    tasks, start = args.tasks or list(STS_TASKS), time.perf_counter()
     report = evaluate_sts(encoder, tasks, args.data_dir, bootstrap=args.bootstrap, seed=args.seed)
     seconds = time.perf_counter() - start
     kind = "twin (sum of the towers' embeddings)" if twin else "single encoder"
-    print(f"{args.model} [{kind}], pooling={args.pooling}, SentEval protocol ('all' for STS12-16), Spearman x 100")
+    if args.ensemble:
+        kind += f", ensembled with {args.ensemble} at weight {args.ensemble_weight:g} (JTCSE-UC)"
+    print(f"{' + '.join(map(str, args.model))} [{kind}], pooling={args.pooling}, SentEval protocol ('all' for "
+          "STS12-16), Spearman x 100")
     print(report.table())
     _write_result(args, {
-        "model": str(args.model), "pooling": args.pooling, **report.to_dict(),
+        **_model_record(args), "pooling": args.pooling, **report.to_dict(),
         "config": {"tasks": tasks, "batch_size": args.batch_size, "max_length": args.max_length,
                    "bootstrap": args.bootstrap, "seed": args.seed, "twin": bool(twin),
                    "torch_threads": torch.get_num_threads()},
@@ -109,9 +132,10 @@ def cmd_transfer(args) -> int:
     start = time.perf_counter()
     report = evaluate_transfer(encoder, args.tasks or list(TRANSFER_TASKS), args.data_dir, kfold=args.kfold,
                                n_jobs=args.jobs)
-    print(f"{args.model}, pooling={args.pooling}: SentEval transfer tasks, test accuracy (dev or CV accuracy beside)")
+    print(f"{' + '.join(map(str, args.model))}, pooling={args.pooling}: SentEval transfer tasks, test accuracy (dev "
+          "or CV accuracy beside)")
     print(report.table())
-    _write_result(args, {"model": str(args.model), "pooling": args.pooling, **report.to_dict(),
+    _write_result(args, {**_model_record(args), "pooling": args.pooling, **report.to_dict(),
                          "wall_seconds": round(time.perf_counter() - start, 1), **provenance(device)})
     return 0
 
@@ -186,7 +210,7 @@ def cmd_mteb(args) -> int:
 
     result = run_mteb(args.model, args.tasks, args.pooling, args.out, batch_size=args.batch_size,
                       max_length=args.max_length, device=args.device, languages=args.languages,
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite, tokenizer=args.tokenizer)
     for task, score in main_scores(result).items():
         print(f"{task}: {score:.2f}")
     print(f"MTEB result files under {Path(args.out) / 'results'}")
@@ -271,10 +295,20 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(option, **shared[option])
         return p
 
+    def scored_model(p, what: str) -> None:  # evaluate and transfer: a model, a twin as two, an ensemble
+        p.add_argument("--model", required=True, nargs="+", metavar="MODEL",
+                       help=f"{what}; two of them are a twin given as its two towers (their embeddings summed)")
+        p.add_argument("--tokenizer", default=None,
+                       help="where the tokenizer comes from when the model folders hold none (the authors' "
+                            "released encoders: e.g. bert-base-uncased)")
+        p.add_argument("--ensemble", default=None, metavar="MODEL",
+                       help="JTCSE-UC: add this encoder, (1 - w) * model + w * ensemble, unnormalised")
+        p.add_argument("--ensemble-weight", type=float, default=0.7, metavar="W",
+                       help="w of --ensemble (default: the authors' 0.7)")
+
     ev = command("evaluate", cmd_evaluate, "SentEval STS evaluation (seven tasks) of an encoder or a twin folder",
                  "--pooling", "--batch-size", "--max-length", "--data-dir", "--while-training")
-    ev.add_argument("--model", required=True,
-                    help="'minilm', a model folder, a twin folder (tower_a/, tower_b/) or a Hub id")
+    scored_model(ev, "'minilm', a model folder, a twin folder (tower_a/, tower_b/), a run folder or a Hub id")
     ev.add_argument("--tasks", nargs="+", choices=STS_TASKS, metavar="TASK",
                     help=f"subset of {' '.join(STS_TASKS)} (default: all seven)")
     ev.add_argument("--bootstrap", type=_int_at_least(0), default=0, help="resamples for 95%% intervals (0: none)")
@@ -316,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tf = command("transfer", cmd_transfer, "SentEval's transfer tasks (MR, CR, SUBJ, MPQA, SST-2, TREC, MRPC)",
                  "--pooling", "--batch-size", "--max-length", "--data-dir", "--while-training")
-    tf.add_argument("--model", required=True, help="as for evaluate: minilm, a tower/twin/run folder or a Hub id")
+    scored_model(tf, "as for evaluate: minilm, a tower/twin/run folder or a Hub id")
     tf.add_argument("--tasks", nargs="+", choices=TRANSFER_TASKS, metavar="TASK",
                     help=f"subset of {' '.join(TRANSFER_TASKS)} (default: all seven)")
     tf.add_argument("--kfold", type=_int_at_least(2), default=10, help="SentEval's folds (default 10)")
@@ -327,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     mt = command("mteb", cmd_mteb, "MTEB tasks for a twin, a tower or a backbone (needs .[mteb] and the Hub)",
                  "--pooling", "--batch-size", "--max-length", "--while-training")
     mt.add_argument("--model", required=True, help="as for evaluate: a twin/tower/run folder, minilm or a Hub id")
+    mt.add_argument("--tokenizer", default=None, help="as for evaluate: for folders released without one")
     mt.add_argument("--tasks", nargs="+", required=True, help="MTEB task or benchmark names, e.g. STS22.v2")
     mt.add_argument("--device", default=None)
     mt.add_argument("--languages", nargs="+", default=None, help="keep these languages of multilingual tasks")

@@ -147,7 +147,8 @@ def load_tokenizer(name: str | os.PathLike):
         else:
             where = " or in its twin folder" if is_twin_dir(path.parent) else ""
             raise ModelError(f"no tokenizer files in {path}{where}",
-                             f"save the backbone's tokenizer there: "
+                             "pass --tokenizer NAME (the backbone it was trained from, e.g. bert-base-uncased: the "
+                             "authors' released encoders hold none), or save the backbone's tokenizer there: "
                              f"AutoTokenizer.from_pretrained(<backbone>).save_pretrained('{path}')")
     ref = BackboneRef(str(name), str(path.resolve()), "folder") if path.is_dir() else resolve(name)
     return _load(ref, AutoTokenizer.from_pretrained, "tokenizer")

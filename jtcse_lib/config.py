@@ -30,7 +30,7 @@ from .paths import source_dir
 PARAMS_DIR = source_dir("params")
 # What the training code computes: bump it whenever a change alters the trained weights or the logged metrics of a
 # run (tests/test_golden.py pins the smoke profile's metrics to it); it is part of every run-cache key.
-TRAINING_VERSION = 2
+TRAINING_VERSION = 3  # 3: stage 1 is SimCSE's own loss (cl_forward) and saves its MLP as the pooler
 # The stages, in training order: two SimCSE towers, the two joint variants from them, the distilled student.
 STAGES = ("simcse_a", "simcse_b", "tncse", "jtcse", "distill")
 TWIN_STAGES = ("tncse", "jtcse")
@@ -63,9 +63,14 @@ class RunConfig:
     # stage 1: two SimCSE encoders (tower A and tower B), as TNCSE/JTCSE start from two different ones
     seed_b_offset: int = 1  # tower B's seed = seed + offset (different dropout masks and data order)
     train_mlp_head: bool = False  # SimCSE's --mlp_only_train: an MLP over [CLS] in training, dropped at test
+    mlp_as_pooler: bool = True  # with train_mlp_head: the saved tower's pooler is the trained MLP (SimCSE's
+    #                             simcse_to_huggingface.py), which the official modulus term of stage 2 reads
 
     # stage 2: joint training (TNCSE = no cross-attention; JTCSE = with it)
     cross_attention_layers: int | list[int] = 3  # count dividing the depth, or explicit 0-based layers
+    cross_attention_rows: Literal["cls", "all"] = "cls"  # the branch: a shadow [CLS] row, or every row (model.py)
+    icnce_direction: Literal["random", "a_to_b"] = "random"  # JTCSE draws A->B or B->A per step; a_to_b fixes it
+    #                                                          (TNCSE's rule; the tncse stage always fixes it)
     temperature: float = 0.05
     modulus_variant: Literal["official", "paper"] = "official"  # official: LTN_loss of the authors' code
     w_nce: float = 1.0  # NT-Xent of each tower
@@ -97,6 +102,7 @@ class RunConfig:
     seeds: list[int] = field(default_factory=lambda: [42])  # seeds of the main models (notebooks 03-05)
     # notebook 06: "all", or some of the variants of jtcse_lib.ablations.ABLATIONS ("layers": every count)
     ablations: Literal["all"] | list[str] = "all"
+    single_seed_ablations: list[str] = field(default_factory=list)  # of those, the ones run on the first seed only
     transfer_tasks: Literal["all"] | list[SentEvalTask] = "all"  # notebook 07: "all" (SentEval's seven) or some
     transfer_kfold: int = 10  # SentEval's folds (SimCSE's test mode: 10)
     transfer_jobs: int = 1  # processes fitting the classifiers, -1: one per core (the numbers do not depend on it)
@@ -284,10 +290,11 @@ COMMON_KEYS = ("backbone", "corpus", "corpus_limit", "max_length", "batch_size",
                "dropout", "seed", "lr", "temperature", "weight_decay", "warmup_ratio", "scheduler", "max_grad_norm",
                "precision", "deterministic", "nproc", "eval_every", "dev_pairs", "eval_max_length")
 STAGE_KEYS = {
-    "simcse_a": ("train_mlp_head",),
-    "simcse_b": ("train_mlp_head", "seed_b_offset"),
+    "simcse_a": ("train_mlp_head", "mlp_as_pooler"),
+    "simcse_b": ("train_mlp_head", "mlp_as_pooler", "seed_b_offset"),
     "tncse": ("w_nce", "w_cross_cls", "w_modulus", "modulus_variant"),
-    "jtcse": ("w_nce", "w_cross_cls", "w_modulus", "modulus_variant", "cross_attention_layers", "w_cross_attention"),
+    "jtcse": ("w_nce", "w_cross_cls", "w_modulus", "modulus_variant", "cross_attention_layers", "w_cross_attention",
+              "cross_attention_rows", "icnce_direction"),
     "distill": ("distill_init", "distill_alpha", "distill_temperature_student", "distill_temperature_teacher"),
 }
 # Keys a stage section may set: every training key, not the run's identity (backbone, seed, world size).
@@ -298,6 +305,7 @@ PER_STAGE_KEYS = tuple(k for k in (*COMMON_KEYS, *dict.fromkeys(k for keys in ST
 UNKEYED = {
     "profile": "names the folder runs/<profile>/ that holds the runs",
     "seeds": "the list of seeds to run; each run is keyed by its own `seed`",
+    "single_seed_ablations": "which ablations notebook 06 runs on the first seed only; each run is keyed as usual",
     "ablations": "which variants notebook 06 runs; each variant is keyed by the settings it changes",
     "test_pairs": "test-set scoring only, after training; cached scores are keyed by it in their file name",
     "eval_batch_size": "encoding batch size: the same scores up to float rounding (padding is masked)",

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .backbones import is_twin_dir, load_backbone, model_folder, model_inputs, twin_towers
+from .backbones import is_twin_dir, load_encoder, load_tokenizer, model_folder, model_inputs, twin_towers
 from .data import STS_TASKS, PairSet, load_stsb, load_task
 from .device import choose_device
 from .errors import ConfigError
@@ -127,27 +127,40 @@ class TowerEncoder(_Encode):
 
 @dataclass
 class SumEncoder(_Encode):
-    """The twin tower at inference: the sum of the towers' embeddings (JTCSE: CLS_A + CLS_B)."""
+    """The twin tower at inference: the sum of the towers' embeddings (JTCSE: CLS_A + CLS_B); with `weights`, the
+    weighted sum sum_k w_k e_k (JTCSE-UC: (1 - w)(CLS_A + CLS_B) + w CLS_InfoCSE, no normalisation)."""
 
     encoders: Sequence[Encoder]
+    weights: Sequence[float] | None = None
 
     def __call__(self, sentences: Sequence[str]) -> np.ndarray:
-        return sum(enc(sentences) for enc in self.encoders)
+        weights = self.weights or [1.0] * len(self.encoders)
+        return sum(w * enc(sentences) for w, enc in zip(weights, self.encoders))
 
 
 def sentence_encoder(model, pooling: str = "cls", batch_size: int = 128, max_length: int | None = None,
-                     progress: bool = True, device=None) -> TowerEncoder | SumEncoder:
-    """Load `model` (a name, a tower folder, a twin folder or a run folder) and return its `Encoder` on `device`
-    (default: CUDA when available), in eval mode: a twin gives the `SumEncoder` of its towers (the twin at
-    inference), anything else a `TowerEncoder`. Loads the weights: seconds for MiniLM, more for BERT-base."""
+                     progress: bool = True, device=None, tokenizer=None) -> TowerEncoder | SumEncoder:
+    """Load `model` and return its `Encoder` on `device` (default: CUDA when available), in eval mode. `model` is a
+    name, a tower folder, a twin folder or a run folder (a twin gives the `SumEncoder` of its towers: the twin at
+    inference), or a list of them (their sum: a twin given as two towers). `tokenizer` names where the tokenizer
+    comes from when the model folders hold none (the authors' released encoders). Loads the weights: seconds for
+    MiniLM, more for BERT-base."""
     device = torch.device(device) if device is not None else choose_device("auto", quiet=True)
-    model = model_folder(model)
-    names = twin_towers(model) if is_twin_dir(model) else [model]
+    models = [model_folder(m) for m in model] if isinstance(model, (list, tuple)) else [model_folder(model)]
+    names = [n for m in models for n in (twin_towers(m) if is_twin_dir(m) else [m])]
     encoders = []
     for name in names:
-        enc, tok = load_backbone(name)
+        enc, tok = load_encoder(name), load_tokenizer(tokenizer if tokenizer is not None else name)
         encoders.append(TowerEncoder(enc.to(device).eval(), tok, pooling, batch_size, max_length, progress))
     return encoders[0] if len(encoders) == 1 else SumEncoder(encoders)
+
+
+def ensemble_encoder(main: Encoder, other: Encoder, weight: float = 0.7) -> SumEncoder:
+    """JTCSE-UC's ensemble (the authors' `ensemble_UC.py`): (1 - weight) main + weight other, embeddings added
+    unnormalised; main is the twin (CLS_A + CLS_B), other an external encoder (InfoCSE), the authors' weight 0.7."""
+    if not 0.0 <= weight <= 1.0:
+        raise ConfigError(f"ensemble weight {weight} is outside [0, 1]", "pass a weight between 0 and 1 (UC: 0.7)")
+    return SumEncoder([main, other], weights=[1.0 - weight, weight])
 
 
 def load_twin(path, device=None, batch_size: int = 128, progress: bool = False) -> SumEncoder:

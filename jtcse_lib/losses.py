@@ -449,9 +449,9 @@ def distillation_kl(
 
 
 def simcse_objective(cls, temperature=OFFICIAL_TEMPERATURE):
-    """Stage 1, unsupervised SimCSE of one encoder::
+    """Stage 1, unsupervised SimCSE of one encoder, with SimCSE's own loss (``simcse_loss``, its ``cl_forward``)::
 
-        L_SimCSE = NCE(z)                       z = the [CLS] rows of both views
+        L_SimCSE = 1/B sum_i -log softmax_j(cos(z1_i, z2_j) / tau)_i      z1, z2 = the [CLS] rows of view 1, view 2
 
     Args:
         cls: ``(2B, H)`` [CLS] vectors, rows ``[view1; view2]``.
@@ -464,7 +464,7 @@ def simcse_objective(cls, temperature=OFFICIAL_TEMPERATURE):
     stage-1 encoders are trained this way (docs/paper.md, "Training recipe").
     """
     view1, view2 = cls.chunk(2)  # (B, H) each
-    nce = nt_xent(view1, view2, temperature)
+    nce = simcse_loss(view1, view2, temperature)  # view-1 anchors, B - 1 negatives (stage 2's NCE: nt_xent)
     return nce, {"nce": nce}
 
 
@@ -544,14 +544,17 @@ def distill_objective(cls, teacher, alpha=1.0, temperature=OFFICIAL_TEMPERATURE,
                       temperature_student=OFFICIAL_TEMPERATURE, temperature_teacher=OFFICIAL_TEMPERATURE):
     """JTCSE-D, one student tower distilled from the frozen twin (this companion's design)::
 
-        L_D = NCE(s) + alpha * KL(p_T || p_S)        p = in-batch similarity softmax of view 1's rows
+        L_D = SimCSE(s) + alpha * KL(p_T || p_S)     p = in-batch similarity softmax of view 1's rows
+
+    The student continues as a SimCSE encoder (``simcse_loss``, as stage 1 trains it: the TNCSE supplement tunes
+    distillation like a stage-1 encoder) with the teacher's similarity distribution added.
 
     Args:
         cls: ``(2B, H)`` the student's [CLS] rows, ``[view1; view2]``.
         teacher: ``(B, Ht)`` the teacher's embeddings of the same B sentences (``CLS_A + CLS_B`` of the twin,
             without dropout); constant.
         alpha: weight of the distillation term (0: the student is trained with SimCSE alone).
-        temperature: tau of the student's NT-Xent; temperature_student, temperature_teacher: of the KL.
+        temperature: tau of the student's SimCSE loss; temperature_student, temperature_teacher: of the KL.
 
     Returns:
         ``(loss, {"nce", "distill"})`` (``distill`` only when alpha > 0).
@@ -560,9 +563,9 @@ def distill_objective(cls, teacher, alpha=1.0, temperature=OFFICIAL_TEMPERATURE,
     ``teacher_model`` (sum of the twin [CLS]); the paper does not publish the loss (docs/paper.md).
     """
     view1, view2 = cls.chunk(2)
-    terms = {"nce": nt_xent(view1, view2, temperature)}
+    terms = {"nce": simcse_loss(view1, view2, temperature)}
     loss = terms["nce"]
     if alpha > 0:
         terms["distill"] = distillation_kl(view1, teacher, temperature_student, temperature_teacher)
-        loss = loss + alpha * terms["distill"]  # NCE(s) + alpha KL(p_T || p_S)
+        loss = loss + alpha * terms["distill"]  # SimCSE(s) + alpha KL(p_T || p_S)
     return loss, terms

@@ -160,7 +160,7 @@ def _model_meta(model, encoder, pooling: str, max_length: int | None, name: str 
 # ---------------------------------------------------------------- the public API
 
 def mteb_model(path, pooling: str = "cls", batch_size: int = 128, max_length: int | None = None, device=None,
-               *, name: str | None = None, progress: bool = True) -> JtcseMtebModel:
+               *, name: str | None = None, progress: bool = True, tokenizer=None) -> JtcseMtebModel:
     """An object `mteb.evaluate(model, tasks)` accepts, for a twin folder (tower_a/, tower_b/: the sum of the
     towers' vectors), a tower / Hugging Face folder, `minilm` or a Hub id, read with `pooling` (cls, mean,
     pooler). `name` overrides the MTEB model name (`organization/model`)."""
@@ -172,7 +172,8 @@ def mteb_model(path, pooling: str = "cls", batch_size: int = 128, max_length: in
     model = model_folder(path)  # a run folder stands for its best/ model
     if not is_twin_dir(model):
         resolve(model)  # a clear ModelError for a bad name or folder before anything loads
-    encoder = sentence_encoder(model, pooling, batch_size, max_length, progress=progress, device=device)
+    encoder = sentence_encoder(model, pooling, batch_size, max_length, progress=progress, device=device,
+                               tokenizer=tokenizer)
     widths = {t.model.config.hidden_size for t in _towers(encoder)}
     if len(widths) > 1:
         raise ModelError(f"the towers of {model} have different widths ({sorted(widths)}): their vectors cannot "
@@ -217,7 +218,8 @@ def resolve_tasks(tasks, languages: Sequence[str] | None = None) -> list:
 
 def run_mteb(model, tasks, pooling: str = "cls", output_folder: str | os.PathLike = "results/mteb", *,
              batch_size: int = 128, max_length: int | None = None, device=None,
-             languages: Sequence[str] | None = None, overwrite: bool = False, progress: bool = True):
+             languages: Sequence[str] | None = None, overwrite: bool = False, progress: bool = True,
+             tokenizer=None):
     """Run MTEB `tasks` (names as `resolve_tasks` takes) on `model`: a name or folder as `mteb_model` takes,
     read with `pooling`, or a ready `JtcseMtebModel` (then `pooling`, `max_length` and `device` are its own).
     Returns MTEB's `ModelResult`; `main_scores(result)` gives {task: main score x 100}.
@@ -227,7 +229,7 @@ def run_mteb(model, tasks, pooling: str = "cls", output_folder: str | os.PathLik
     """
     mteb = _require_mteb()
     if not isinstance(model, JtcseMtebModel):
-        model = mteb_model(model, pooling, batch_size, max_length, device, progress=progress)
+        model = mteb_model(model, pooling, batch_size, max_length, device, progress=progress, tokenizer=tokenizer)
     cache = mteb.ResultCache(Path(output_folder).expanduser())
     results = []
     for task in resolve_tasks(tasks, languages):

@@ -11,7 +11,9 @@ Stages and what they start from (per seed):
     tncse, jtcse        <- (simcse_a, simcse_b)
     distill             <- jtcse (the teacher)
 STS test scores are cached beside the model (`sts_<pooling>_<test_pairs>_<bootstrap>.json`) so that tables
-never re-encode.
+never re-encode. Besides the stages, two controls are scored the same way (`SCORED`): "simcse_a+simcse_b", the
+untrained twin (the two stage-1 towers summed: stage 2's starting point), and "jtcse/tower_a", the teacher's tower A
+alone (the distillation's starting point under distill_init=tower_a).
 
 A complete cache needs no write access: complete runs and cached scores are only read (no lock is taken for a
 complete run), so a cache on a read-only disk serves everything it holds; what it lacks stops with one line.
@@ -154,14 +156,33 @@ def summary(config: RunConfig, stage: str, data_dir=None) -> dict:
 
 # ---------------------------------------------------------------- cached test scores
 
-def _scored_model(config: RunConfig, stage: str | None, data_dir, progress: bool) -> tuple[str | Path, Path]:
+UNTRAINED_TWIN, TEACHER_TOWER_A = "simcse_a+simcse_b", "jtcse/tower_a"
+SCORED = (*STAGES, UNTRAINED_TWIN, TEACHER_TOWER_A)  # what sts_scores, compare and transfer_scores take (or None)
+
+
+def _scored_model(config: RunConfig, stage: str | None, data_dir, progress: bool):
     """(the model to score, the folder its cached scores live in): the backbone's in
-    runs/<profile>/backbone-<key>/, a stage's beside its best model (trained first if needed)."""
+    runs/<profile>/backbone-<key>/, a stage's beside its best model (trained first if needed), the untrained twin's
+    in runs/<profile>/simcse_a+simcse_b-<key>/, tower A's of the teacher in its run folder's scores-tower_a/."""
     if stage is None:
         key = config_hash({"backbone": _backbone_identity(config.backbone), "eval_max_length": config.eval_max_length})
         return config.backbone, runs_root() / config.profile / f"backbone-{key}"
+    if stage == UNTRAINED_TWIN:
+        towers = [trained_model(config, s, data_dir, progress) for s in ("simcse_a", "simcse_b")]
+        key = config_hash({"towers": [stage_key(config, s, data_dir) for s in ("simcse_a", "simcse_b")],
+                           "eval_max_length": config.eval_max_length})
+        return towers, runs_root() / config.profile / f"{UNTRAINED_TWIN}-{key}"
+    if stage == TEACHER_TOWER_A:
+        best = trained_model(config, "jtcse", data_dir, progress)
+        return best / "tower_a", best.parent / "scores-tower_a"
+    if stage not in STAGES:
+        raise ConfigError(f"unknown model {stage!r} to score", f"use None (the backbone) or one of {', '.join(SCORED)}")
     model = trained_model(config, stage, data_dir, progress)
     return model, model.parent
+
+
+def _named(model) -> str:
+    return " + ".join(map(str, model)) if isinstance(model, list) else str(model)
 
 
 def _cached(path: Path) -> dict | None:
@@ -209,7 +230,7 @@ def sts_scores(config: RunConfig, stage: str | None, pooling: str = "cls", boots
                        progress)
     report = evaluate_sts(encoder, data_dir=data_dir, bootstrap=bootstrap, seed=config.seed,
                           max_pairs=config.test_pairs)
-    result = {"model": str(model), "stage": stage or "backbone", "pooling": pooling, **report.to_dict(),
+    result = {"model": _named(model), "stage": stage or "backbone", "pooling": pooling, **report.to_dict(),
               "test_pairs_per_subset": config.test_pairs, "test_data_digest": digest, "config": config.to_dict(),
               **provenance()}
     write_npz(cache.with_suffix(".npz"), report.predictions())  # per-pair cosines, for paired comparisons
@@ -248,7 +269,7 @@ def transfer_scores(config: RunConfig, stage: str | None, pooling: str = "cls", 
                        progress)
     report = evaluate_transfer(encoder, tasks, data_dir, kfold=config.transfer_kfold, progress=progress,
                                n_jobs=config.transfer_jobs, limit=config.transfer_limit)
-    result = {"model": str(model), "stage": stage or "backbone", "pooling": pooling, **report.to_dict(),
+    result = {"model": _named(model), "stage": stage or "backbone", "pooling": pooling, **report.to_dict(),
               "config": config.to_dict(), **provenance()}
     write_json(cache, result)
     return result
@@ -283,7 +304,9 @@ def copy_run_records(profile: str, dest: Path) -> list[Path]:
     copied = []
     for run in sorted(p for p in (runs_root() / profile).iterdir() if p.is_dir() and "-" in p.name):
         files = [f for f in (run / "result.json", run / "metrics.jsonl") if f.is_file()]
-        for f in files + sorted(run.glob("sts_*.json")) + sorted(run.glob("transfer_*.json")):
-            (Path(dest) / run.name).mkdir(parents=True, exist_ok=True)
-            copied.append(Path(shutil.copyfile(f, Path(dest) / run.name / f.name)))
+        scores = [f for pattern in ("sts_*.json", "transfer_*.json", "scores-*/sts_*.json") for f in run.glob(pattern)]
+        for f in files + sorted(scores):
+            target = Path(dest) / run.name / f.relative_to(run)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            copied.append(Path(shutil.copyfile(f, target)))
     return copied

@@ -121,6 +121,9 @@ def _build_encoder(t: Trainer) -> Models:
     source = t.init or cfg.backbone
     tokenizer = _tokenizer(source, cfg)
     model = load_encoder(source, dropout=cfg.dropout)
+    if cfg.train_mlp_head and cfg.mlp_as_pooler and getattr(model, "pooler", None) is None:
+        raise ConfigError("mlp_as_pooler saves the trained MLP as the tower's pooler and this backbone has none",
+                          "set mlp_as_pooler=false (or use a backbone with a pooler)")
     _freeze_poolers(model)
     head = MLPHead(model.config.hidden_size, model.config.initializer_range) if cfg.train_mlp_head else None
     return Models(model, tokenizer, head=head)
@@ -132,7 +135,7 @@ def _build_twin(t: Trainer, cross: bool) -> Models:
     tokenizer = _tokenizer(src_a, cfg)
     try:
         model = TwinTower.from_pretrained(src_a, src_b, cross_attention_layers=cfg.cross_attention_layers if cross
-                                          else 0, dropout=cfg.dropout)
+                                          else 0, dropout=cfg.dropout, cross_attention_rows=cfg.cross_attention_rows)
     except ValueError as e:  # e.g. a cross-attention count that does not divide the depth
         raise ConfigError(str(e), "change cross_attention_layers (or the towers) as the message says") from None
     official = cfg.w_modulus > 0 and cfg.modulus_variant == "official"
@@ -164,10 +167,12 @@ def _with_cross(cfg: RunConfig, model: TwinTower) -> bool:
     return cfg.w_cross_attention > 0 and bool(model.cross_layers)
 
 
-def _twin_loss(t: Trainer, batch, draw_direction: bool):
+def _twin_loss(t: Trainer, batch, fixed_direction: bool):
     cfg = t.config
-    # ICNCE direction: drawn per step for JTCSE (CPU generator: no device sync), fixed A -> B for TNCSE
-    b_to_a = draw_direction and bool(torch.randint(2, (1,), generator=t.direction_gen))
+    # ICNCE direction: drawn per step for JTCSE (CPU generator: no device sync), fixed A -> B for TNCSE and for
+    # icnce_direction=a_to_b
+    draw = not fixed_direction and cfg.icnce_direction == "random"
+    b_to_a = draw and bool(torch.randint(2, (1,), generator=t.direction_gen))
     out = t.forward_model(**batch, with_cross=_with_cross(cfg, t.model))
     weights = TwinWeights(cfg.w_nce, cfg.w_cross_cls, cfg.w_cross_attention, cfg.w_modulus)
     return twin_objective(**vars(out), weights=weights, temperature=cfg.temperature,
@@ -214,8 +219,8 @@ def _sum_encoder(t: Trainer):
 STAGES = {
     "simcse_a": Stage(_build_encoder, _simcse_loss, _tower_encoder),
     "simcse_b": Stage(_build_encoder, _simcse_loss, _tower_encoder, seed=lambda c: c.seed + c.seed_b_offset),
-    "tncse": Stage(partial(_build_twin, cross=False), partial(_twin_loss, draw_direction=False), _sum_encoder),
-    "jtcse": Stage(partial(_build_twin, cross=True), partial(_twin_loss, draw_direction=True), _sum_encoder),
+    "tncse": Stage(partial(_build_twin, cross=False), partial(_twin_loss, fixed_direction=True), _sum_encoder),
+    "jtcse": Stage(partial(_build_twin, cross=True), partial(_twin_loss, fixed_direction=False), _sum_encoder),
     "distill": Stage(_build_student, _distill_loss, _tower_encoder, needs_teacher=True),
 }
 
@@ -373,17 +378,17 @@ class Trainer:
         resumed = folder.load_checkpoint({"model": self.model, "head": self.head}, self.load_state_dict)
         if folder.finished() and (not resumed or self.step >= self.total_steps):  # complete, checkpoint kept or not
             done = folder.result()
-            _say(self.stage, f"{self.out_dir} is complete already (step {done['steps']}): nothing to do")
+            self._note(f"{self.out_dir} is complete already (step {done['steps']}): nothing to do")
             return TrainResult(self.stage, self.out_dir, best, done["best_step"], done["best_stsb_dev"], done["steps"],
                                done["wall_seconds"])
         if not resumed:
             torch.manual_seed(self.seed + RANK_SEED_STRIDE * self.rank)  # each rank its own dropout masks
         folder.start(self.step, resumed, {"seed": self.seed, "lr": cfg.lr, "config": cfg.to_dict()})
         if self.n_truncated:
-            _say(self.stage, f"{self.n_truncated} of {len(self.corpus)} training sentences are longer than "
+            self._note(f"{self.n_truncated} of {len(self.corpus)} training sentences are longer than "
                              f"max_length={cfg.max_length} tokens and were truncated")
         if resumed:
-            _say(self.stage, f"resuming from step {self.step} of {self.total_steps}")
+            self._note(f"resuming from step {self.step} of {self.total_steps}")
         else:
             self._evaluate(candidate=False)  # the starting point, for the curves
         window, shown = _Window(), {"loss": "-"}
@@ -439,6 +444,11 @@ class Trainer:
     def _numerics(self):
         return training_numerics(self.device, self.amp_dtype, self.config.deterministic)
 
+    def _note(self, text: str) -> None:
+        """A line about the run for whoever watches it: with the progress bar (progress=False is quiet)."""
+        if self.progress:
+            _say(self.stage, text)
+
     def elapsed(self) -> float:
         return self._elapsed_before + time.perf_counter() - self._start
 
@@ -456,7 +466,8 @@ class Trainer:
             improved = candidate and dev > self.best_dev
             if improved:
                 self.best_dev, self.best_step = dev, self.step
-                self.folder.save_best(partial(_save_pretrained, self.model, self.tokenizer), self.step)
+                pooler = self.head if self.head is not None and self.config.mlp_as_pooler else None
+                self.folder.save_best(partial(_save_pretrained, self.model, self.tokenizer, pooler), self.step)
             self.folder.log({"step": self.step, "stsb_dev": dev, "best_dev": self.best_dev, "improved": improved})
             decision = (dev, self.best_dev, self.best_step)
         dev, self.best_dev, self.best_step = distributed.broadcast_object(decision)
@@ -558,8 +569,14 @@ def _ddp(module: torch.nn.Module | None, device: torch.device):
     return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def _save_pretrained(model, tokenizer, folder: Path) -> None:
-    """Plain Hugging Face folder(s): the model, and the tokenizer beside each tower it wrote."""
+def _save_pretrained(model, tokenizer, pooler: torch.nn.Module | None, folder: Path) -> None:
+    """Plain Hugging Face folder(s): the model, and the tokenizer beside each tower it wrote. With `pooler` (stage
+    1's MLP head, tanh(W h + b)) the tower's pooler, the same function of [CLS], gets its weights first, as SimCSE's
+    simcse_to_huggingface.py renames `mlp` to `pooler`: stage 1 never reads the pooler (it is frozen), stage 2's
+    official modulus term does."""
+    if pooler is not None:
+        with torch.no_grad():
+            model.pooler.dense.load_state_dict(pooler.dense.state_dict())
     model.save_pretrained(folder)
     for config in sorted(folder.glob("**/config.json")):
         tokenizer.save_pretrained(config.parent)

@@ -41,6 +41,50 @@ def test_evaluate_a_twin_folder_sums_the_towers(tiny_data, tiny_model_dir, tmp_p
     assert a["scores"]["STSBenchmark"] == pytest.approx(b["scores"]["STSBenchmark"], abs=1e-6)
 
 
+def _other_tower(tiny_model_dir, path, seed):
+    """Another random tower of tiny_model_dir's architecture, saved WITHOUT a tokenizer (as the authors release)."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    BertModel(BertConfig.from_pretrained(tiny_model_dir)).save_pretrained(path)
+    return path
+
+
+def test_released_towers_a_twin_given_as_two_and_the_uc_ensemble(tiny_data, tiny_model_dir, tmp_path, capsys):
+    """The authors' checkpoints: tower folders without a tokenizer (--tokenizer), a twin as two folders (their sum),
+    and JTCSE-UC's (1 - w)(A + B) + w C, each scoring what the same embeddings computed by hand score."""
+    import numpy as np
+
+    from jtcse_lib.backbones import load_encoder, load_tokenizer
+    from jtcse_lib.evaluate import TowerEncoder, evaluate_sts
+
+    a, b = _other_tower(tiny_model_dir, tmp_path / "a", 1), _other_tower(tiny_model_dir, tmp_path / "b", 2)
+    common = ["--data-dir", str(tiny_data), "--tasks", "STSBenchmark", "STS12"]
+    assert main(["evaluate", "--model", str(a), *common]) == 2  # no tokenizer: one line naming --tokenizer
+    assert "--tokenizer" in capsys.readouterr().err
+    out = {name: tmp_path / f"{name}.json" for name in ("twin", "uc")}
+    assert main(["evaluate", "--model", str(a), str(b), "--tokenizer", str(tiny_model_dir), *common,
+                 "--out", str(out["twin"])]) == 0
+    assert main(["evaluate", "--model", str(a), str(b), "--tokenizer", str(tiny_model_dir), "--ensemble",
+                 str(tiny_model_dir), "--ensemble-weight", "0.7", *common, "--out", str(out["uc"])]) == 0
+    got = {name: json.loads(path.read_text()) for name, path in out.items()}
+    tok = load_tokenizer(tiny_model_dir)
+    enc = {k: TowerEncoder(load_encoder(m).eval(), tok, progress=False) for k, m in
+           (("a", a), ("b", b), ("c", tiny_model_dir))}
+
+    def by_hand(combine):
+        return evaluate_sts(lambda s: combine({k: e(s) for k, e in enc.items()}), ["STSBenchmark", "STS12"],
+                            tiny_data).scores
+
+    twin = by_hand(lambda e: e["a"] + e["b"])
+    uc = by_hand(lambda e: 0.3 * (e["a"] + e["b"]) + 0.7 * e["c"])
+    assert got["twin"]["scores"] == pytest.approx(twin, abs=1e-9) and got["twin"]["config"]["twin"] is True
+    assert got["uc"]["scores"] == pytest.approx(uc, abs=1e-9)
+    assert got["uc"]["ensemble"]["weight"] == 0.7 and got["uc"]["model"] == f"{a} + {b}"
+    assert not np.isclose(twin["avg"], uc["avg"])  # the ensemble is a different model
+
+
 @pytest.mark.slow  # a fresh interpreter that imports torch
 def test_missing_data_is_one_line_and_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "jtcse_lib", "evaluate", "--model", "minilm", "--data-dir",

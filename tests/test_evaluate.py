@@ -127,6 +127,18 @@ def test_sum_encoder_adds_embeddings():
     np.testing.assert_allclose(ev.SumEncoder([a, b])(s), a(s) + b(s))
 
 
+def test_the_uc_ensemble_is_the_weighted_unnormalised_sum():
+    """JTCSE-UC (ensemble_UC.py): (1 - w)(CLS_A + CLS_B) + w CLS_other, no normalisation; w = 0.7 by default."""
+    a, b, other = TableEncoder(seed=1), TableEncoder(seed=2), TableEncoder(seed=3)
+    sentences = ["one sentence", "another one"]
+    twin = ev.SumEncoder([a, b])
+    got = ev.ensemble_encoder(twin, other)(sentences)
+    np.testing.assert_allclose(got, 0.3 * (a(sentences) + b(sentences)) + 0.7 * other(sentences), rtol=1e-6)
+    np.testing.assert_allclose(ev.ensemble_encoder(twin, other, weight=0.0)(sentences), twin(sentences), rtol=1e-6)
+    with pytest.raises(ConfigError, match="outside"):
+        ev.ensemble_encoder(twin, other, weight=1.5)
+
+
 def test_stsb_dev_score_uses_dev(tiny_data):
     enc = TableEncoder()
     score = ev.stsb_dev_score(enc, tiny_data)

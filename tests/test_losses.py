@@ -626,10 +626,10 @@ def _rows(seed, n=10, h=6):
     return torch.randn(n, h, generator=g, dtype=F64)  # (2B, H), rows [view1; view2]
 
 
-def test_simcse_objective_is_nt_xent_of_the_two_halves():
+def test_simcse_objective_is_simcses_loss_of_the_two_halves():
     cls = _rows(0)
     loss, terms = losses.simcse_objective(cls, TAU)
-    torch.testing.assert_close(loss, nt_xent(cls[:5], cls[5:], TAU), **TOL)
+    torch.testing.assert_close(loss, ref_cl_forward(cls[:5], cls[5:], TAU), **TOL)  # view 1 anchors, view 2 candidates
     assert list(terms) == ["nce"]
 
 

@@ -144,6 +144,31 @@ def test_compare_is_the_paired_bootstrap_of_the_cached_predictions(cfg, real_dat
     assert runs.better_simcse_tower(cfg, real_data) in ("simcse_a", "simcse_b")
 
 
+@pytest.mark.slow
+def test_the_controls_are_the_untrained_twin_and_the_teachers_tower_a(cfg, real_data):
+    """'simcse_a+simcse_b' scores the two stage-1 towers summed (stage 2's starting point), 'jtcse/tower_a' the
+    teacher's tower A (distillation's starting point); each equals the encoder built by hand from the folders."""
+    from jtcse_lib.evaluate import evaluate_sts, sentence_encoder
+
+    towers = [runs.trained_model(cfg, s, data_dir=real_data, progress=False) for s in ("simcse_a", "simcse_b")]
+    twin0 = runs.sts_scores(cfg, runs.UNTRAINED_TWIN, data_dir=real_data, progress=False)
+    by_hand = evaluate_sts(sentence_encoder(towers, progress=False), data_dir=real_data, bootstrap=0,
+                           max_pairs=cfg.test_pairs).to_dict()["scores"]
+    assert twin0["scores"] == pytest.approx(by_hand, abs=1e-9)
+    assert twin0["model"] == f"{towers[0]} + {towers[1]}"
+    tower_a = runs.sts_scores(cfg, runs.TEACHER_TOWER_A, data_dir=real_data, progress=False)
+    jtcse_best = runs.trained_model(cfg, "jtcse", data_dir=real_data, progress=False)
+    alone = evaluate_sts(sentence_encoder(jtcse_best / "tower_a", progress=False), data_dir=real_data, bootstrap=0,
+                         max_pairs=cfg.test_pairs).to_dict()["scores"]
+    assert tower_a["scores"] == pytest.approx(alone, abs=1e-9)
+    assert (jtcse_best.parent / "scores-tower_a").is_dir()
+    paired = runs.compare(cfg, "jtcse", cfg, runs.UNTRAINED_TWIN, n_boot=20, data_dir=real_data, progress=False)
+    assert paired.set_index("task").loc["avg", "diff"] == pytest.approx(
+        runs.sts_scores(cfg, "jtcse", data_dir=real_data)["scores"]["avg"] - twin0["scores"]["avg"], abs=1e-9)
+    with pytest.raises(ConfigError, match="unknown model"):
+        runs.sts_scores(cfg, "jtcse/tower_c", data_dir=real_data)
+
+
 # ---------------------------------------------------------------- locks, resuming, a read-only cache
 
 @pytest.mark.slow

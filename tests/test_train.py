@@ -65,6 +65,28 @@ def test_jtcse_with_zero_cross_layers_has_no_branch_term(cfg, tmp_path, real_dat
     assert "cross_attention" not in row and "cross_cls" in row
 
 
+def test_a_fixed_direction_without_a_branch_is_tncse(cfg, tmp_path, real_data):
+    """jtcse with icnce_direction=a_to_b and no branch trains exactly what the tncse stage trains (the ablation
+    'fixed_direction' isolates the direction rule); the random direction trains something else."""
+    short = cfg.replace(max_steps=4, eval_every=2, cross_attention_layers=0)
+    losses = {}
+    for name, stage, c in [("tncse", "tncse", short), ("fixed", "jtcse", short.replace(icnce_direction="a_to_b")),
+                           ("random", "jtcse", short)]:
+        run(c, stage, tmp_path / name, data_dir=real_data)
+        losses[name] = [(r["step"], r.get("loss"), r.get("stsb_dev")) for r in metrics(tmp_path / name)]
+    assert losses["fixed"] == losses["tncse"]
+    assert losses["random"] != losses["tncse"]
+
+
+def test_the_full_sequence_branch_trains_and_differs_from_the_shadow_cls(cfg, tmp_path, real_data):
+    short = cfg.replace(max_steps=2, eval_every=2, cross_attention_layers=2)
+    for rows in ("cls", "all"):
+        run(short.replace(cross_attention_rows=rows), "jtcse", tmp_path / rows, data_dir=real_data)
+    first = {rows: next(r for r in metrics(tmp_path / rows) if "loss" in r) for rows in ("cls", "all")}
+    assert set(first["all"]) == set(first["cls"])  # the same terms (the branch's dropout draws shift the main
+    assert first["all"]["cross_attention"] != first["cls"]["cross_attention"]  # paths' masks, so values differ)
+
+
 def test_zero_weights_switch_terms_off(cfg, tmp_path, real_data):
     cfg = cfg.replace(w_modulus=0, w_cross_cls=0, max_steps=2, eval_every=2)
     run(cfg, "jtcse", tmp_path / "j", data_dir=real_data)
@@ -172,6 +194,26 @@ def test_the_train_only_mlp_head_changes_the_loss_but_not_the_saved_tower(cfg, t
     assert set(load_file(str(headed.best_dir / "model.safetensors"))) == \
         set(load_file(str(plain.best_dir / "model.safetensors")))
     assert (tmp_path / "mlp" / "checkpoint" / "head.safetensors").is_file()  # resumable with the head
+
+
+def test_stage_one_saves_its_trained_mlp_as_the_pooler(cfg, tmp_path, real_data):
+    """SimCSE's simcse_to_huggingface.py: the saved tower's pooler is the trained MLP (the best step here is the
+    last, so the checkpoint's head is the one best/ was saved with); mlp_as_pooler=false keeps the backbone's."""
+    from transformers import AutoModel
+
+    short = cfg.replace(max_steps=2, eval_every=2, train_mlp_head=True, keep_checkpoints=True)
+    result = run(short, "simcse_a", tmp_path / "mlp", data_dir=real_data)
+    assert result.best_step == 2
+    head = load_file(str(tmp_path / "mlp" / "checkpoint" / "head.safetensors"))
+    saved = load_file(str(result.best_dir / "model.safetensors"))
+    assert torch.equal(saved["pooler.dense.weight"], head["dense.weight"])
+    assert torch.equal(saved["pooler.dense.bias"], head["dense.bias"])
+    model, info = AutoModel.from_pretrained(result.best_dir, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    backbone = load_file(str(cfg.backbone) + "/model.safetensors")
+    kept = run(short.replace(mlp_as_pooler=False), "simcse_a", tmp_path / "kept", data_dir=real_data)
+    assert torch.equal(load_file(str(kept.best_dir / "model.safetensors"))["pooler.dense.weight"],
+                       backbone["pooler.dense.weight"])  # frozen in stage 1, so the backbone's own
 
 
 def test_clipping_and_linear_decay_follow_the_config(cfg, tmp_path, real_data, monkeypatch):
