@@ -154,3 +154,42 @@ def to_markdown(df: pd.DataFrame) -> str:
         cells = [f"{v:.2f}" if isinstance(v, (float, np.floating)) else str(v) for v in row.values]
         lines.append("| " + " | ".join([str(idx), *cells]) + " |")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the paper's claims, and what tests each here
+
+# (the claim, the paired comparison A − B of paired_comparisons.csv that tests it, the sign the claim predicts:
+# ">" A above B, "<" A below B, "=" no difference). Notebook 05 writes the table; the README shows it.
+CLAIMS = [
+    ("the tensor-modulus term helps", "[− modulus term] − full JTCSE", "<"),
+    ("the cross-attention branch helps", "[− cross-attention branch (0 layers)] − full JTCSE", "<"),
+    ("JTCSE beats TNCSE", "JTCSE (twin) − TNCSE (twin)", ">"),
+    ("training the twin jointly beats summing its two SimCSE towers", "JTCSE (twin) − untrained twin", ">"),
+    ("JTCSE beats the better SimCSE tower", "JTCSE (twin) − better SimCSE tower", ">"),
+    ("JTCSE-D keeps the twin's quality in one tower", "JTCSE-D − JTCSE (twin)", "="),
+    ("distillation improves on the tower it starts from", "JTCSE-D − JTCSE tower A", ">"),
+]
+
+
+def claims_table(paired: pd.DataFrame) -> pd.DataFrame:
+    """claim -> evidence (the comparison's Avg difference and 95% interval) -> verdict, from a paired comparison
+    table (`stats.comparison_table`); claims whose comparison this run did not make are left out."""
+    from .stats import verdict_interval
+
+    avg = paired[paired["task"] == "avg"].set_index("comparison")
+    rows = []
+    for claim, comparison, predicted in CLAIMS:
+        if comparison not in avg.index:
+            continue
+        r = avg.loc[comparison]
+        low, high = verdict_interval(r)
+        over = f"{int(r['n_seeds'])} seeds" if r["n_seeds"] > 1 else "1 seed (test pairs)"
+        if low > 0 or high < 0:  # resolved
+            sign = ">" if low > 0 else "<"
+            verdict = "supported" if sign == predicted else "contradicted"
+        else:
+            verdict = "consistent: no difference resolved" if predicted == "=" else "not resolved"
+        rows.append({"claim of the paper": claim, "tested by (A − B)": comparison,
+                     "evidence: Δ Avg. [95% interval]": f"{r['mean_diff']:+.2f} [{low:+.2f}, {high:+.2f}], {over}",
+                     "verdict": verdict})
+    return pd.DataFrame(rows)

@@ -62,12 +62,20 @@ def test_render_lists_the_last_default_run_and_the_runs_after_it(tmp_path):
     assert "**100 min**" not in block
 
 
-def test_readme_block_is_up_to_date_with_committed_results():
+def test_the_results_blocks_are_up_to_date_with_committed_results():
+    """The README's headline block and docs/results.md's full block equal what the tool renders from results/cpu."""
     results = ROOT / "results" / "cpu"
     if not (results / "pipeline_timings.json").is_file():
         pytest.fail("results/cpu/ has no complete `make reproduce` run; run it and commit results/cpu/")
     tool = _tool()
-    text = (ROOT / "README.md").read_text(encoding="utf8")
-    assert tool.BEGIN in text and tool.END in text
-    block = tool.BEGIN + text.split(tool.BEGIN, 1)[1].split(tool.END, 1)[0] + tool.END
-    assert block == tool.render(results), "README results block is stale: run python tools/readme_results.py"
+    for path, begin, end, render in ((ROOT / "README.md", tool.HEADLINE, tool.HEADLINE_END, tool.render_headline),
+                                     (tool.FULL_PAGE, tool.BEGIN, tool.END, tool.render)):
+        text = path.read_text(encoding="utf8")
+        assert begin in text and end in text, path
+        block = begin + text.split(begin, 1)[1].split(end, 1)[0] + end
+        assert block == render(results), f"{path}'s results block is stale: run python tools/readme_results.py"
+
+
+def test_the_headline_holds_the_claims_with_their_verdicts():
+    block = _tool().render_headline(ROOT / "results" / "cpu")
+    assert "| claim of the paper |" in block and "the tensor-modulus term helps" in block

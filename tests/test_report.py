@@ -26,3 +26,22 @@ def test_format_mean_sd_omits_sd_for_one_seed():
     out = format_mean_sd(pd.DataFrame(rows))
     assert out.loc["a", "Avg."] == "80.00" and out.loc["b", "Avg."] == "71.00 ± 1.41"
     assert list(out["seeds"]) == [1, 2]
+
+
+def test_the_claims_table_reads_each_verdict_from_its_paired_comparison():
+    import pandas as pd
+
+    from jtcse_lib.report import claims_table
+
+    def row(comparison, diff, low, high, n=3):
+        return {"comparison": comparison, "task": "avg", "mean_diff": diff, "t_low": low, "t_high": high,
+                "boot_low": low, "boot_high": high, "n_seeds": n}
+
+    paired = pd.DataFrame([row("[− modulus term] − full JTCSE", -0.3, -0.5, -0.1),  # removal lowers: supported
+                           row("JTCSE (twin) − TNCSE (twin)", -0.4, -0.6, -0.2),  # resolved the other way
+                           row("JTCSE-D − JTCSE (twin)", -0.1, -0.4, 0.2),  # no difference, as claimed
+                           row("JTCSE (twin) − better SimCSE tower", 0.5, -0.1, 1.1)])  # not resolved
+    table = claims_table(paired).set_index("claim of the paper")["verdict"]
+    assert table.to_dict() == {"the tensor-modulus term helps": "supported", "JTCSE beats TNCSE": "contradicted",
+                               "JTCSE-D keeps the twin's quality in one tower": "consistent: no difference resolved",
+                               "JTCSE beats the better SimCSE tower": "not resolved"}

@@ -35,6 +35,9 @@ PAGES = [
     ("Notebooks", "docs/notebooks/05_sts_results.ipynb"),
     ("Notebooks", "docs/notebooks/06_ablations.ipynb"),
     ("Notebooks", "docs/notebooks/07_transfer.ipynb"),
+    ("Reference", "docs/results.md"),
+    ("Reference", "docs/reference.md"),
+    ("Reference", "docs/gpu.md"),
     ("Reference", "docs/robustness.md"),
 ]
 
