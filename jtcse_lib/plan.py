@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .ablations import chosen_ablations
+from .ablations import chosen_ablations, seeds_of
 from .config import STAGES, TWIN_STAGES, RunConfig, config_hash, stage_settings
 from .paths import output_root
 from .runs import _PARENTS
@@ -130,9 +130,10 @@ def planned_runs(config: RunConfig, data_dir=None, count_steps: bool = True) -> 
     """Every training run of a complete pipeline under `config`, each once (the run cache trains it once).
     `count_steps=False` skips the corpus sizes (steps and evaluations are then 0): the runs alone, for the disk."""
     wanted = [(config.replace(seed=seed), stage, "main") for seed in config.seeds for stage in STAGES]
-    for seed in config.seeds:  # notebook 06 runs every ablation on every seed (paired over seeds)
-        reference = config.replace(seed=seed)
-        for a in chosen_ablations(reference, backbone_facts(config.backbone).depth or 12)[0]:
+    depth = backbone_facts(config.backbone).depth or 12
+    for a in chosen_ablations(config, depth)[0]:  # notebook 06: each ablation on its seeds (paired over them)
+        for seed in seeds_of(a, config):
+            reference = config.replace(seed=seed)
             wanted.append((a.config(reference), a.stage, a.name))
     runs, seen, sizes = [], set(), {}
     for cfg, stage, why in wanted:
