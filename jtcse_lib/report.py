@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import runs
 from .export import COLUMNS, SHORT
 from .export import STAGE_LABELS as STAGE_LABELS  # the notebooks import the labels from here
 from .files import write_file, write_json, write_text
@@ -193,3 +194,38 @@ def claims_table(paired: pd.DataFrame) -> pd.DataFrame:
                      "evidence: Δ Avg. [95% interval]": f"{r['mean_diff']:+.2f} [{low:+.2f}, {high:+.2f}], {over}",
                      "verdict": verdict})
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- the model comparisons of notebooks 05 and 06
+
+# A − B of every seed; "tower" is that seed's better SimCSE tower (chosen on STS-B dev); "start" what JTCSE-D
+# starts from: stage 2's and distillation's controls beside the main comparisons
+MODEL_PAIRS = [("jtcse", "tncse"), ("jtcse", "tower"), ("tncse", "tower"), ("distill", "jtcse"),
+               ("jtcse", runs.UNTRAINED_TWIN), ("tncse", runs.UNTRAINED_TWIN), (runs.UNTRAINED_TWIN, "tower"),
+               ("distill", "start")]
+
+
+def distill_start(config) -> str | None:
+    """What JTCSE-D starts from, as `runs` scores it: the teacher's tower A, or None (the backbone)."""
+    return runs.TEACHER_TOWER_A if config.for_stage("distill").distill_init == "tower_a" else None
+
+
+def model_label(model: str | None, config) -> str:
+    """A model's short name in the paired comparisons (the names `CLAIMS` uses); None is the backbone ([CLS])."""
+    names = {**STAGE_LABELS, "tower": "better SimCSE tower", runs.UNTRAINED_TWIN: "untrained twin",
+             runs.TEACHER_TOWER_A: "JTCSE tower A"}
+    return names.get(model) or f"{backbone_name(config.backbone)} backbone, cls"
+
+
+def model_comparisons(config, progress: bool = False) -> dict[str, dict[int, pd.DataFrame]]:
+    """{"A − B": {seed: `runs.compare` frame}} for `MODEL_PAIRS` on every seed of `config` (cached cosines: no
+    model is encoded twice)."""
+    out: dict[str, dict[int, pd.DataFrame]] = {}
+    for seed in config.seeds:
+        c = config.replace(seed=seed)
+        model = {"tower": runs.better_simcse_tower(c), "start": distill_start(c)}  # this seed's
+        for a, b in MODEL_PAIRS:
+            name = f"{model_label(distill_start(c) if a == 'start' else a, c)} − " \
+                   f"{model_label(distill_start(c) if b == 'start' else b, c)}"
+            out.setdefault(name, {})[seed] = runs.compare(c, model.get(a, a), c, model.get(b, b), progress=progress)
+    return out

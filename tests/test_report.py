@@ -45,3 +45,16 @@ def test_the_claims_table_reads_each_verdict_from_its_paired_comparison():
     assert table.to_dict() == {"the tensor-modulus term helps": "supported", "JTCSE beats TNCSE": "contradicted",
                                "JTCSE-D keeps the twin's quality in one tower": "consistent: no difference resolved",
                                "JTCSE beats the better SimCSE tower": "not resolved"}
+
+
+def test_the_model_comparisons_carry_the_names_the_claims_read():
+    """Notebooks 05 and 06 both write report.model_comparisons; the claims table finds its rows by these names."""
+    from jtcse_lib.config import load_profile
+    from jtcse_lib.report import CLAIMS, MODEL_PAIRS, distill_start, model_label
+
+    cfg = load_profile("cpu")
+    names = {f"{model_label(distill_start(cfg) if a == 'start' else a, cfg)} − "
+             f"{model_label(distill_start(cfg) if b == 'start' else b, cfg)}" for a, b in MODEL_PAIRS}
+    assert {c for _, c, _ in CLAIMS if not c.startswith("[")} <= names
+    assert "JTCSE-D − MiniLM-L6 backbone, cls" in {
+        f"{model_label('distill', cfg)} − {model_label(distill_start(cfg.replace(distill_init='backbone')), cfg)}"}
