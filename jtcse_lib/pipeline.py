@@ -313,7 +313,8 @@ def publish(executed_dir: Path, names: list[str] | None = None, dest: Path = PUB
 
 def stale_published(source_dir: Path = NOTEBOOKS_DIR, published_dir: Path = PUBLISHED_DIR) -> list[str]:
     """What is wrong with the published copies: missing, code cells that differ from the source notebook, cells
-    never executed, error or widget outputs, uncoalesced progress streams. An empty list means they are current."""
+    never executed, error or widget outputs, uncoalesced progress streams, anything left on stderr (a warning, a
+    stray message: `publishable` already dropped the progress bars). An empty list means they are current."""
     import nbformat
 
     problems = []
@@ -339,4 +340,7 @@ def stale_published(source_dir: Path = NOTEBOOKS_DIR, published_dir: Path = PUBL
                     problems.append(f"{copy.name}: code cell {i} holds a widget output")
                 elif out.output_type == "stream" and "\r" in out.text:
                     problems.append(f"{copy.name}: code cell {i} holds an uncoalesced progress stream")
+                elif out.output_type == "stream" and out.name == "stderr":  # a warning a reader should not meet
+                    first = out.text.strip().splitlines()[0][:80] if out.text.strip() else ""
+                    problems.append(f"{copy.name}: code cell {i} writes to stderr ({first!r})")
     return problems

@@ -19,7 +19,7 @@ from pathlib import Path
 from .ablations import chosen_ablations, seeds_of
 from .config import STAGES, TWIN_STAGES, RunConfig, config_hash, stage_settings
 from .paths import output_root
-from .runs import _PARENTS
+from .runs import _PARENTS, run_stage
 
 DEVICE_CHECK_FORMAT = 2  # the version of bench/device_check.py's JSON this module reads
 # Facts for when the files are not on this machine (the full Wiki1M, the Hub's models).
@@ -133,8 +133,8 @@ def planned_runs(config: RunConfig, data_dir=None, count_steps: bool = True) -> 
     depth = backbone_facts(config.backbone).depth or 12
     for a in chosen_ablations(config, depth)[0]:  # notebook 06: each ablation on its seeds (paired over them)
         for seed in seeds_of(a, config):
-            reference = config.replace(seed=seed)
-            wanted.append((a.config(reference), a.stage, a.name))
+            variant = a.config(config.replace(seed=seed))
+            wanted.append((variant, run_stage(variant, a.stage), a.name))  # a variant equal to a stage is its run
     runs, seen, sizes = [], set(), {}
     for cfg, stage, why in wanted:
         for needed in (*_PARENTS[stage], stage):  # an ablation's stage-1 towers are the reference's

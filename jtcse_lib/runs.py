@@ -60,7 +60,22 @@ def _backbone_identity(backbone: str) -> str:
     return f"{backbone}@{Path(ref.source).name}" if ref is not None and ref.kind == "built" else backbone
 
 
+def run_stage(config: RunConfig, stage: str) -> str:
+    """The stage whose run trains `stage` under `config`: `stage` itself, except jtcse with no branch and the fixed
+    A -> B direction, which trains exactly the tncse stage's model when every setting tncse reads agrees
+    (tests/test_train.py); it is then that run, not a second training of it (the `fixed_direction` ablation
+    under `cpu`, where TNCSE trains at JTCSE's rate)."""
+    if stage != "jtcse":
+        return stage
+    jtcse, tncse = stage_settings(config, "jtcse"), stage_settings(config, "tncse")
+    layers = jtcse["cross_attention_layers"]
+    no_branch = (layers if isinstance(layers, int) else len(layers)) == 0
+    same = no_branch and jtcse["icnce_direction"] == "a_to_b" and all(jtcse[k] == v for k, v in tncse.items())
+    return "tncse" if same else stage
+
+
 def run_dir(config: RunConfig, stage: str, data_dir=None) -> Path:
+    stage = run_stage(config, stage)
     return runs_root() / config.profile / f"{stage}-{stage_key(config, stage, data_dir)}"
 
 
@@ -73,6 +88,7 @@ def trained_model(config: RunConfig, stage: str, data_dir=None, progress: bool =
     from, when the cache lacks them: instant when cached, minutes to hours otherwise. Two callers asking for the
     same run train it once: the second waits on the run cache's lock (`<run>.lock` beside it; the trainer takes its
     own writer lock inside), then finds it complete."""
+    stage = run_stage(config, stage)
     out = run_dir(config, stage, data_dir)
     if (out / "DONE").is_file():
         return out / "best"

@@ -68,3 +68,24 @@ def test_single_seed_ablations_run_on_the_first_seed_only():
     assert seeds_of(variants["branch_all"], config) == [42] and seeds_of(variants["no_modulus"], config) == [42, 43, 44]
     with pytest.raises(ConfigError, match="single_seed_ablations"):
         chosen_ablations(config.replace(single_seed_ablations=["branch_al"]), depth=6)
+
+
+def test_a_variant_that_trains_what_a_stage_trains_is_that_stage_s_run():
+    """fixed_direction under cpu (JTCSE's rate is TNCSE's) is the tncse run, trained once (the equality of the two
+    trainings: tests/test_train.py::test_a_fixed_direction_without_a_branch_is_tncse); under paper TNCSE trains at
+    its own rate and dropout, so the variant is a run of its own. The random direction is never the tncse run."""
+    from jtcse_lib.runs import run_stage
+
+    def stage_of(profile, key, **extra):
+        ref = load_profile(profile)
+        a = next(a for a in all_ablations(ref, depth=12) if a.key == key)
+        return run_stage(a.config(ref).replace(**extra), a.stage)
+
+    assert stage_of("cpu", "fixed_direction") == "tncse"
+    assert stage_of("paper", "fixed_direction") == "jtcse"
+    assert stage_of("cpu", "no_branch") == "jtcse"  # random direction
+    assert stage_of("cpu", "fixed_direction", w_modulus=0.5) == "tncse"  # a setting both stages read, changed alike
+    assert stage_of("cpu", "fixed_direction", cross_attention_layers=[]) == "tncse"
+    assert stage_of("cpu", "reference") == "jtcse" and stage_of("cpu", "tncse") == "tncse"
+    cpu = load_profile("cpu")
+    assert run_stage(cpu.replace(icnce_direction="a_to_b", tncse={"lr": 1e-6}), "jtcse") == "jtcse"

@@ -100,6 +100,20 @@ def test_errors_unexecuted_cells_and_missing_copies_are_reported(source_and_publ
     assert f"{published / '02_b.ipynb'} is missing" in problems
 
 
+def test_a_warning_left_on_stderr_makes_the_copy_stale(source_and_published, tmp_path):
+    """Progress bars are dropped when publishing (the fixture's copy has none left); any other stderr text is a
+    warning or message a reader should not meet in a published notebook (issue 24)."""
+    source, published = source_and_published
+    run = _executed(["x = 1", "y = 2"])
+    run.cells[2].outputs = [nbformat.v4.new_output("stream", name="stderr", text="UserWarning: something\nmore\n")]
+    executed = tmp_path / "executed_again"
+    executed.mkdir()
+    nbformat.write(run, executed / "01_a.ipynb")
+    pipeline.publish(executed, dest=published)
+    assert pipeline.stale_published(source, published) == [
+        "01_a.ipynb: code cell 2 writes to stderr ('UserWarning: something')"]
+
+
 def test_the_committed_published_notebooks_are_current():
     """docs/notebooks/ holds the executed `make reproduce` copies of every notebook: change a code cell of a
     notebook and this fails until the pipeline publishes it again (README: read without running)."""
