@@ -67,9 +67,10 @@ def run_stage(config: RunConfig, stage: str) -> str:
     under `cpu`, where TNCSE trains at JTCSE's rate)."""
     if stage != "jtcse":
         return stage
+    from .ablations import layer_count
+
     jtcse, tncse = stage_settings(config, "jtcse"), stage_settings(config, "tncse")
-    layers = jtcse["cross_attention_layers"]
-    no_branch = (layers if isinstance(layers, int) else len(layers)) == 0
+    no_branch = layer_count(config.for_stage("jtcse")) == 0
     same = no_branch and jtcse["icnce_direction"] == "a_to_b" and all(jtcse[k] == v for k, v in tncse.items())
     return "tncse" if same else stage
 
